@@ -1,0 +1,127 @@
+//! The command line: argument parsing, one module per command, and the
+//! plumbing they share (atomic output files, progress, Ctrl-C). Owns how
+//! things look to a person at a terminal; knows no audio format details
+//! (those are meshstudio-codec's).
+
+mod decode;
+mod encode;
+mod output;
+mod probe;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// meshstudio — a backpack music studio that syncs with its sister studios.
+///
+/// Every audio file a studio brings becomes an Ogg Opus stem at 48 kHz:
+/// small enough to trade over slow links, sample-accurate so takes line up.
+#[derive(Debug, Parser)]
+#[command(name = "meshstudio", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Encode audio files (wav, flac, mp3, ogg, opus, m4a) to Ogg Opus stems.
+    ///
+    /// `encode IN OUT.opus` encodes one file. `encode IN... --out-dir D`
+    /// encodes every input to D/<name>.opus, several files at once.
+    /// Output is resampled to 48 kHz; more than two channels fold down to stereo.
+    Encode(EncodeArgs),
+    /// Decode any audio file (an .opus stem above all) to a 48 kHz WAV file.
+    Decode(DecodeArgs),
+    /// Show what an audio file holds: format, channels, rate, duration, loudness.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EncodeArgs {
+    /// Input file, then the output .opus file; with --out-dir, all are inputs.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Write each input to DIR/<input name>.opus.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Target bitrate in kbit/s, 32–512 [default: 128 for stereo, 96 for mono].
+    #[arg(long, value_name = "KBPS")]
+    bitrate: Option<u32>,
+    /// Files encoded at once with --out-dir [default: number of cores].
+    #[arg(long, short, value_name = "N")]
+    jobs: Option<usize>,
+    /// Print one JSON object per encoded file instead of text; no progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SampleFormat {
+    /// 16-bit integer
+    S16,
+    /// 24-bit integer
+    S24,
+    /// 32-bit float
+    F32,
+}
+
+#[derive(Debug, clap::Args)]
+struct DecodeArgs {
+    /// The file to decode.
+    input: PathBuf,
+    /// The WAV file to write.
+    output: PathBuf,
+    /// Sample format of the WAV file.
+    #[arg(long, value_enum, default_value = "s16")]
+    format: SampleFormat,
+    /// Print a JSON summary instead of text; no progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// The file to look at.
+    file: PathBuf,
+    /// Print JSON instead of text; no progress bar.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How a command failed, mapped to the exit status.
+pub(crate) enum Failure {
+    /// Already reported on stderr.
+    Reported,
+    /// Stopped by Ctrl-C; nothing was left behind.
+    Cancelled,
+}
+
+/// Exit status after Ctrl-C, as shells report SIGINT.
+const EXIT_CANCELLED: u8 = 130;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    progress::install_interrupt_handler();
+    let result = match cli.command {
+        Command::Encode(args) => encode::run(args),
+        Command::Decode(args) => decode::run(args),
+        Command::Probe(args) => probe::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Reported) => ExitCode::FAILURE,
+        Err(Failure::Cancelled) => {
+            eprintln!("meshstudio: cancelled; no output was written");
+            ExitCode::from(EXIT_CANCELLED)
+        }
+    }
+}
+
+/// Prints one error line for a file and returns how to exit.
+pub(crate) fn report(verb: &str, path: &std::path::Path, err: &dyn std::fmt::Display) -> Failure {
+    eprintln!("meshstudio: cannot {verb} {:?}: {err}", path);
+    Failure::Reported
+}

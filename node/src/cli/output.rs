@@ -1,0 +1,89 @@
+//! Output files appear whole or not at all: written to a temp file next to
+//! the target, synced, then renamed over it. Dropping an `AtomicFile`
+//! (error, Ctrl-C) deletes the temp file.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tempfile::NamedTempFile;
+
+/// A file being written to a temporary name in its final directory.
+pub struct AtomicFile {
+    temp: NamedTempFile,
+    target: PathBuf,
+}
+
+impl AtomicFile {
+    pub fn create(target: &Path) -> io::Result<Self> {
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = target.file_name().ok_or_else(|| io::Error::other("not a file name"))?;
+        if target.is_dir() {
+            return Err(io::Error::other("is a directory"));
+        }
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{}.", name.to_string_lossy()))
+            .suffix(".part")
+            .tempfile_in(dir)?;
+        Ok(AtomicFile { temp, target: target.to_path_buf() })
+    }
+
+    /// A buffered writer over the temp file that remembers whether a write failed.
+    pub fn writer(&self) -> io::Result<TrackedWriter> {
+        Ok(TrackedWriter {
+            inner: BufWriter::new(self.temp.as_file().try_clone()?),
+            failed: Arc::default(),
+        })
+    }
+
+    /// Flushes to disk and moves the file into place.
+    pub fn commit(self) -> io::Result<()> {
+        self.temp.as_file().sync_all()?;
+        self.temp.persist(&self.target).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// A `BufWriter<File>` whose I/O errors are flagged, so an error that comes
+/// back through the codec can be blamed on the output, not the input.
+pub struct TrackedWriter {
+    inner: BufWriter<File>,
+    failed: Arc<AtomicBool>,
+}
+
+impl TrackedWriter {
+    pub fn failure_flag(&self) -> Arc<AtomicBool> {
+        self.failed.clone()
+    }
+
+    fn track<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        if r.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl Write for TrackedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.track(r)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.inner.flush();
+        self.track(r)
+    }
+}
+
+impl Seek for TrackedWriter {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let r = self.inner.seek(pos);
+        self.track(r)
+    }
+}
