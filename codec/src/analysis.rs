@@ -43,7 +43,8 @@ impl Loudness {
     /// `layout` gives the channel weighting (surrounds count +1.5 dB, LFE not at all).
     pub fn new(layout: &[Speaker], rate: u32) -> Result<Self> {
         let channels = layout.len() as u32;
-        let mut meter = EbuR128::new(channels, rate, Mode::I | Mode::TRUE_PEAK).map_err(meter_err)?;
+        let mut meter =
+            EbuR128::new(channels, rate, Mode::I | Mode::TRUE_PEAK).map_err(meter_err)?;
         if layout.len() > 1 {
             let map: Vec<Channel> = layout.iter().map(|&s| r128_channel(s)).collect();
             meter.set_channel_map(&map).map_err(meter_err)?;
@@ -148,7 +149,10 @@ mod tests {
         l.push(&vec![0.0; 48_000]).unwrap();
         assert_eq!(
             l.finish().unwrap(),
-            LoudnessReport { integrated_lufs: None, true_peak_dbtp: None }
+            LoudnessReport {
+                integrated_lufs: None,
+                true_peak_dbtp: None
+            }
         );
     }
 

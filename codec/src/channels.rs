@@ -31,8 +31,25 @@ pub fn default_layout(count: usize) -> Vec<Speaker> {
         4 => vec![FrontLeft, FrontRight, RearLeft, RearRight],
         5 => vec![FrontLeft, FrontRight, FrontCenter, RearLeft, RearRight],
         6 => vec![FrontLeft, FrontRight, FrontCenter, Lfe, RearLeft, RearRight],
-        7 => vec![FrontLeft, FrontRight, FrontCenter, Lfe, RearCenter, SideLeft, SideRight],
-        8 => vec![FrontLeft, FrontRight, FrontCenter, Lfe, RearLeft, RearRight, SideLeft, SideRight],
+        7 => vec![
+            FrontLeft,
+            FrontRight,
+            FrontCenter,
+            Lfe,
+            RearCenter,
+            SideLeft,
+            SideRight,
+        ],
+        8 => vec![
+            FrontLeft,
+            FrontRight,
+            FrontCenter,
+            Lfe,
+            RearLeft,
+            RearRight,
+            SideLeft,
+            SideRight,
+        ],
         n => vec![Other; n],
     }
 }
@@ -67,7 +84,10 @@ impl Downmix {
         } else {
             layout.iter().map(|&s| stereo_gains(s)).collect()
         };
-        Downmix { in_channels: layout.len(), gains }
+        Downmix {
+            in_channels: layout.len(),
+            gains,
+        }
     }
 
     /// Channels coming out: 1 or 2.

@@ -17,6 +17,7 @@ use symphonia::core::meta::MetadataOptions;
 use crate::channels::{Speaker, default_layout};
 use crate::error::{CodecError, Result};
 use crate::limits::*;
+use crate::mp4_edit::{Edit, audio_edit};
 use crate::ogg_opus::{OggOpusReader, last_granule, looks_like_ogg_opus};
 
 /// What a file holds, as far as its headers tell.
@@ -111,7 +112,11 @@ impl AudioReader {
             (s.info.clone(), Backend::Symphonia(Box::new(s)))
         };
         info.validate()?;
-        Ok(AudioReader { info, backend, frames_read: 0 })
+        Ok(AudioReader {
+            info,
+            backend,
+            frames_read: 0,
+        })
     }
 
     pub fn info(&self) -> &SourceInfo {
@@ -154,7 +159,10 @@ impl AudioReader {
 
     /// Containers whose declared length is exact (not an estimate from the bitrate).
     fn is_exact_length(&self) -> bool {
-        matches!(self.info.container.as_str(), "wave" | "wav" | "flac" | "aiff")
+        matches!(
+            self.info.container.as_str(),
+            "wave" | "wav" | "flac" | "aiff"
+        )
     }
 }
 
@@ -197,6 +205,10 @@ struct SymphoniaSource {
     track_id: u32,
     info: SourceInfo,
     samples: Vec<f32>,
+    /// Frames still to drop at the start (MP4 encoder priming).
+    skip_frames: u64,
+    /// Frames still to deliver, when an MP4 edit list says where the audio ends.
+    keep_frames: Option<u64>,
 }
 
 fn sym_err(e: SymError) -> CodecError {
@@ -215,6 +227,7 @@ fn sym_err(e: SymError) -> CodecError {
 impl SymphoniaSource {
     fn open(src: Box<dyn Source>, ext: Option<&str>) -> Result<Self> {
         let mut src = src;
+        let raw_edit = audio_edit(&mut src);
         let len = src.seek(SeekFrom::End(0))?;
         src.seek(SeekFrom::Start(0))?;
         let mss = MediaSourceStream::new(Box::new(SourceAdapter { src, len }), Default::default());
@@ -223,12 +236,19 @@ impl SymphoniaSource {
             hint.with_extension(ext);
         }
         let format = symphonia::default::get_probe()
-            .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+            .probe(
+                &hint,
+                mss,
+                FormatOptions::default(),
+                MetadataOptions::default(),
+            )
             .map_err(|e| match e {
                 SymError::Unsupported(_) => CodecError::UnknownFormat,
                 other => sym_err(other),
             })?;
-        let track = format.default_track(TrackType::Audio).ok_or(CodecError::NoAudioTrack)?;
+        let track = format
+            .default_track(TrackType::Audio)
+            .ok_or(CodecError::NoAudioTrack)?;
         let params = track
             .codec_params
             .as_ref()
@@ -244,17 +264,34 @@ impl SymphoniaSource {
                 other => sym_err(other),
             })?;
         let layout = params.channels.as_ref().map(layout_of).unwrap_or_default();
+        let sample_rate = params.sample_rate.unwrap_or(0);
+        let edit = raw_edit.and_then(|e| e.at_rate(sample_rate));
         let info = SourceInfo {
             container: format.format_info().short_name.to_string(),
             codec: decoder.codec_info().short_name.to_string(),
             channels: layout.len(),
             layout,
-            sample_rate: params.sample_rate.unwrap_or(0),
-            frames,
+            sample_rate,
+            frames: edit.and_then(|e| e.keep_frames).or(frames),
             bits_per_sample: params.bits_per_sample,
         };
         info.validate()?;
-        Ok(SymphoniaSource { format, decoder, track_id, info, samples: Vec::new() })
+        let Edit {
+            skip_frames,
+            keep_frames,
+        } = edit.unwrap_or(Edit {
+            skip_frames: 0,
+            keep_frames: None,
+        });
+        Ok(SymphoniaSource {
+            format,
+            decoder,
+            track_id,
+            info,
+            samples: Vec::new(),
+            skip_frames,
+            keep_frames,
+        })
     }
 
     fn read_block(&mut self) -> Result<Option<&[f32]>> {
@@ -282,10 +319,27 @@ impl SymphoniaSource {
                 )));
             }
             decoded.copy_to_vec_interleaved(&mut self.samples);
-            if !self.samples.is_empty() {
-                return Ok(Some(&self.samples));
+            if let Some(range) = self.apply_edit() {
+                return Ok(Some(&self.samples[range]));
+            }
+            if self.keep_frames == Some(0) {
+                return Ok(None);
             }
         }
+    }
+
+    /// The part of the decoded block the edit list keeps, if any.
+    fn apply_edit(&mut self) -> Option<std::ops::Range<usize>> {
+        let ch = self.info.channels;
+        let frames = (self.samples.len() / ch) as u64;
+        let skip = self.skip_frames.min(frames);
+        self.skip_frames -= skip;
+        let mut end = frames;
+        if let Some(keep) = &mut self.keep_frames {
+            end = end.min(skip + *keep);
+            *keep -= end - skip;
+        }
+        (end > skip).then(|| skip as usize * ch..end as usize * ch)
     }
 }
 

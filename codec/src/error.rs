@@ -17,7 +17,10 @@ pub enum CodecError {
     #[error("unsupported: {0}")]
     Unsupported(String),
     #[error("malformed {format} data: {detail}")]
-    Malformed { format: &'static str, detail: String },
+    Malformed {
+        format: &'static str,
+        detail: String,
+    },
     #[error("truncated: {0}")]
     Truncated(String),
     #[error("over a limit: {0}")]
@@ -32,6 +35,9 @@ pub type Result<T, E = CodecError> = std::result::Result<T, E>;
 
 impl CodecError {
     pub(crate) fn malformed(format: &'static str, detail: impl Into<String>) -> Self {
-        CodecError::Malformed { format, detail: detail.into() }
+        CodecError::Malformed {
+            format,
+            detail: detail.into(),
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod channels;
 pub mod decode;
 pub mod error;
 pub mod limits;
+mod mp4_edit;
 pub mod ogg_opus;
 pub mod pipeline;
 pub mod resample;

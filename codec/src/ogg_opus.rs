@@ -47,10 +47,16 @@ impl OpusHead {
 
     pub fn parse(b: &[u8]) -> Result<Self> {
         if b.len() < OPUS_HEAD_LEN || &b[..8] != OPUS_HEAD_MAGIC {
-            return Err(CodecError::malformed(FORMAT, "first packet is not an OpusHead"));
+            return Err(CodecError::malformed(
+                FORMAT,
+                "first packet is not an OpusHead",
+            ));
         }
         if b[8] & 0xF0 != 0 {
-            return Err(CodecError::Unsupported(format!("Ogg Opus version {}", b[8])));
+            return Err(CodecError::Unsupported(format!(
+                "Ogg Opus version {}",
+                b[8]
+            )));
         }
         let head = OpusHead {
             channels: b[9],
@@ -60,7 +66,10 @@ impl OpusHead {
             mapping_family: b[18],
         };
         if head.channels == 0 {
-            return Err(CodecError::malformed(FORMAT, "OpusHead declares 0 channels"));
+            return Err(CodecError::malformed(
+                FORMAT,
+                "OpusHead declares 0 channels",
+            ));
         }
         let single_stream = match head.mapping_family {
             0 => head.channels <= 2,
@@ -90,7 +99,10 @@ impl OpusSettings {
     /// opusenc-like defaults: 128 kbit/s for stereo, 96 for mono.
     pub fn for_channels(channels: usize) -> Self {
         let bitrate_kbps = if channels >= 2 { 128 } else { 96 };
-        OpusSettings { bitrate_kbps, complexity: 10 }
+        OpusSettings {
+            bitrate_kbps,
+            complexity: 10,
+        }
     }
 
     pub fn with_bitrate(mut self, kbps: Option<u32>) -> Result<Self> {
@@ -110,7 +122,9 @@ fn opus_channels(channels: usize) -> Result<opus::Channels> {
     match channels {
         1 => Ok(opus::Channels::Mono),
         2 => Ok(opus::Channels::Stereo),
-        n => Err(CodecError::Unsupported(format!("{n} channels in an Opus stream"))),
+        n => Err(CodecError::Unsupported(format!(
+            "{n} channels in an Opus stream"
+        ))),
     }
 }
 
@@ -154,10 +168,14 @@ impl<W: Write> OggOpusWriter<W> {
         encoder
             .set_bitrate(opus::Bitrate::Bits(settings.bitrate_kbps as i32 * 1000))
             .map_err(enc_err)?;
-        encoder.set_complexity(settings.complexity).map_err(enc_err)?;
+        encoder
+            .set_complexity(settings.complexity)
+            .map_err(enc_err)?;
         encoder.set_vbr(true).map_err(enc_err)?;
         encoder.set_vbr_constraint(false).map_err(enc_err)?;
-        encoder.set_lsb_depth(lsb_depth.clamp(8, 24) as i32).map_err(enc_err)?;
+        encoder
+            .set_lsb_depth(lsb_depth.clamp(8, 24) as i32)
+            .map_err(enc_err)?;
         let pre_skip = encoder.get_lookahead().map_err(enc_err)?;
         let head = OpusHead {
             channels: channels as u8,
@@ -234,7 +252,8 @@ impl<W: Write> OggOpusWriter<W> {
             } else {
                 PacketWriteEndInfo::NormalPacket
             };
-            self.pages.write_packet(previous, STEM_SERIAL, end, granule)?;
+            self.pages
+                .write_packet(previous, STEM_SERIAL, end, granule)?;
         }
         Ok(())
     }
@@ -249,8 +268,12 @@ impl<W: Write> OggOpusWriter<W> {
             self.frame_fill = self.frame.len();
             self.encode_frame()?;
         }
-        let last = self.pending.take().expect("loop above leaves one packet pending");
-        self.pages.write_packet(last, STEM_SERIAL, PacketWriteEndInfo::EndStream, needed)?;
+        let last = self
+            .pending
+            .take()
+            .expect("loop above leaves one packet pending");
+        self.pages
+            .write_packet(last, STEM_SERIAL, PacketWriteEndInfo::EndStream, needed)?;
         let mut out = self.pages.into_inner();
         out.flush()?;
         Ok((out, self.samples_in))
@@ -258,7 +281,11 @@ impl<W: Write> OggOpusWriter<W> {
 }
 
 fn opus_tags() -> Vec<u8> {
-    let vendor = format!("meshstudio-codec {} ({})", env!("CARGO_PKG_VERSION"), opus::version());
+    let vendor = format!(
+        "meshstudio-codec {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        opus::version()
+    );
     let comment = b"ENCODER=meshstudio";
     let mut b = Vec::new();
     b.extend_from_slice(OPUS_TAGS_MAGIC);
@@ -321,7 +348,10 @@ impl<R: Read + Seek> OggOpusReader<R> {
         let tags = next_packet_of(&mut packets, serial)?
             .ok_or_else(|| CodecError::Truncated("no OpusTags header".into()))?;
         if tags.len() > MAX_OPUS_HEADER_BYTES || !tags.starts_with(OPUS_TAGS_MAGIC) {
-            return Err(CodecError::malformed(FORMAT, "second packet is not OpusTags"));
+            return Err(CodecError::malformed(
+                FORMAT,
+                "second packet is not OpusTags",
+            ));
         }
         let channels = opus_channels(head.channels as usize)?;
         let mut decoder = opus::Decoder::new(STEM_RATE_HZ, channels)
@@ -397,9 +427,11 @@ impl<R: Read + Seek> OggOpusReader<R> {
 
     /// Where the last packet's output ends, from the final granule position.
     fn trim_end(&self, granule: u64, start: usize, n: usize) -> Result<usize> {
-        let total = granule.checked_sub(self.head.pre_skip as u64).ok_or_else(|| {
-            CodecError::malformed(FORMAT, "final granule position is before the pre-skip")
-        })?;
+        let total = granule
+            .checked_sub(self.head.pre_skip as u64)
+            .ok_or_else(|| {
+                CodecError::malformed(FORMAT, "final granule position is before the pre-skip")
+            })?;
         let already = self.produced;
         let want = total.saturating_sub(already) as usize;
         Ok((start + want).min(n))
@@ -465,20 +497,32 @@ mod tests {
     fn sample_counts_survive_the_round_trip() {
         for frames in [0, 1, 959, 960, 961, 48_000, 100_003] {
             for ch in [1, 2] {
-                assert_eq!(roundtrip(frames, ch).len(), frames * ch, "{frames} frames, {ch} ch");
+                assert_eq!(
+                    roundtrip(frames, ch).len(),
+                    frames * ch,
+                    "{frames} frames, {ch} ch"
+                );
             }
         }
     }
 
     #[test]
     fn head_round_trips_and_rejects_garbage() {
-        let head =
-            OpusHead { channels: 2, pre_skip: 312, input_rate: 44_100, output_gain: -256, mapping_family: 0 };
+        let head = OpusHead {
+            channels: 2,
+            pre_skip: 312,
+            input_rate: 44_100,
+            output_gain: -256,
+            mapping_family: 0,
+        };
         assert_eq!(OpusHead::parse(&head.to_bytes()).unwrap(), head);
         assert!(OpusHead::parse(b"OpusHead").is_err());
         let mut six = head.to_bytes();
         six[9] = 6;
-        assert!(matches!(OpusHead::parse(&six), Err(CodecError::Unsupported(_))));
+        assert!(matches!(
+            OpusHead::parse(&six),
+            Err(CodecError::Unsupported(_))
+        ));
     }
 
     #[test]

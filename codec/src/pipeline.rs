@@ -49,7 +49,13 @@ impl Stem48k {
         let info = reader.info();
         let downmix = Downmix::new(&info.layout);
         let resampler = To48k::new(info.sample_rate, downmix.out_channels())?;
-        Ok(Stem48k { reader, downmix, resampler, folded: Vec::new(), done: false })
+        Ok(Stem48k {
+            reader,
+            downmix,
+            resampler,
+            folded: Vec::new(),
+            done: false,
+        })
     }
 
     pub fn info(&self) -> &SourceInfo {
@@ -176,7 +182,15 @@ pub fn encode_opus<W: Write + Send>(
         Ok(())
     })?;
     let (out, frames) = writer.finish()?;
-    Ok((out, EncodeReport { source, channels, frames, settings }))
+    Ok((
+        out,
+        EncodeReport {
+            source,
+            channels,
+            frames,
+            settings,
+        },
+    ))
 }
 
 /// What a decode to WAV produced.
@@ -208,7 +222,11 @@ pub fn decode_wav<W: Write + Seek + Send>(
         Ok(())
     })?;
     writer.finish()?;
-    Ok(DecodeReport { source, channels, frames })
+    Ok(DecodeReport {
+        source,
+        channels,
+        frames,
+    })
 }
 
 /// What `probe` reports about a file.
@@ -239,5 +257,9 @@ pub fn probe(mut reader: AudioReader, obs: &dyn Observer) -> Result<ProbeReport>
         }
     }
     let loudness = meter.finish()?;
-    Ok(ProbeReport { frames: reader.frames_read(), source, loudness })
+    Ok(ProbeReport {
+        frames: reader.frames_read(),
+        source,
+        loudness,
+    })
 }

@@ -53,8 +53,14 @@ impl To48k {
         } else {
             Some(Box::new(make_sinc(rate_in, channels)?))
         };
-        let (lead_in, to_trim) = if inner.is_some() { alignment(rate_in) } else { (0, 0) };
-        let scratch_len = inner.as_ref().map_or(0, |r| r.output_frames_max() * channels);
+        let (lead_in, to_trim) = if inner.is_some() {
+            alignment(rate_in)
+        } else {
+            (0, 0)
+        };
+        let scratch_len = inner
+            .as_ref()
+            .map_or(0, |r| r.output_frames_max() * channels);
         let mut pending = Vec::with_capacity((CHUNK_FRAMES * 2 + lead_in) * channels);
         pending.resize(lead_in * channels, 0.0);
         Ok(To48k {
@@ -108,7 +114,10 @@ impl To48k {
 
     /// One resampler call on `valid` frames of `pending` starting at sample `offset`.
     fn run(&mut self, offset: usize, valid: usize, out: &mut Vec<f32>) -> Result<()> {
-        let resampler = self.inner.as_mut().expect("run() is only called when resampling");
+        let resampler = self
+            .inner
+            .as_mut()
+            .expect("run() is only called when resampling");
         let ch = self.channels;
         let input = InterleavedSlice::new(&self.pending[offset..], ch, CHUNK_FRAMES)
             .map_err(|e| CodecError::Unsupported(format!("resampler input: {e}")))?;
@@ -169,8 +178,15 @@ fn make_sinc(rate_in: u32, channels: usize) -> Result<Async<f32>> {
         window: WindowFunction::BlackmanHarris2,
     };
     let ratio = STEM_RATE_HZ as f64 / rate_in as f64;
-    Async::new_sinc(ratio, 1.0, &params, CHUNK_FRAMES, channels, FixedAsync::Input)
-        .map_err(|e| CodecError::Unsupported(format!("resampling from {rate_in} Hz: {e}")))
+    Async::new_sinc(
+        ratio,
+        1.0,
+        &params,
+        CHUNK_FRAMES,
+        channels,
+        FixedAsync::Input,
+    )
+    .map_err(|e| CodecError::Unsupported(format!("resampling from {rate_in} Hz: {e}")))
 }
 
 #[cfg(test)]
@@ -193,10 +209,16 @@ mod tests {
 
     #[test]
     fn output_length_is_exact() {
-        for rate in [8_000, 22_050, 44_100, 48_000, 88_200, 96_000, 11_025, 37_800] {
+        for rate in [
+            8_000, 22_050, 44_100, 48_000, 88_200, 96_000, 11_025, 37_800,
+        ] {
             for frames in [0, 1, 7, 1023, 1024, 1025, 44_100, 100_001] {
                 let out = run(rate, 2, frames, 777);
-                assert_eq!(out.len() as u64, frames_at_48k(frames as u64, rate) * 2, "{rate} {frames}");
+                assert_eq!(
+                    out.len() as u64,
+                    frames_at_48k(frames as u64, rate) * 2,
+                    "{rate} {frames}"
+                );
             }
         }
     }

@@ -19,7 +19,12 @@ impl WavFormat {
             WavFormat::Int24 => (24, hound::SampleFormat::Int),
             WavFormat::Float32 => (32, hound::SampleFormat::Float),
         };
-        hound::WavSpec { channels: channels as u16, sample_rate: rate, bits_per_sample, sample_format }
+        hound::WavSpec {
+            channels: channels as u16,
+            sample_rate: rate,
+            bits_per_sample,
+            sample_format,
+        }
     }
 }
 
@@ -61,7 +66,11 @@ impl<W: Write + Seek> WavWriter<W> {
     }
 }
 
-fn write_int<W: Write + Seek>(w: &mut hound::WavWriter<W>, samples: &[f32], full: f32) -> Result<()> {
+fn write_int<W: Write + Seek>(
+    w: &mut hound::WavWriter<W>,
+    samples: &[f32],
+    full: f32,
+) -> Result<()> {
     for &s in samples {
         let v = (s * full).round().clamp(-full - 1.0, full) as i32;
         w.write_sample(v).map_err(wav_err)?;

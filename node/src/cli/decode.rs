@@ -13,7 +13,10 @@ use super::{DecodeArgs, Failure, SampleFormat};
 
 pub(crate) fn run(args: DecodeArgs) -> Result<(), Failure> {
     let bars = Bars::new(progress::wanted(args.json));
-    let label = args.input.file_name().map_or_else(String::new, |n| n.to_string_lossy().into());
+    let label = args
+        .input
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into());
     let observer = bars.file(&label);
     let format = match args.format {
         SampleFormat::S16 => WavFormat::Int16,

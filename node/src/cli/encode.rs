@@ -128,7 +128,9 @@ fn encode_file(
     bars: &Bars,
     json: bool,
 ) -> Result<(), Failure> {
-    let label = input.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let label = input
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let observer = bars.file(&label);
     let result = encode_to(input, output, bitrate, &observer);
     observer.done();

@@ -22,7 +22,9 @@ impl AtomicFile {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let name = target.file_name().ok_or_else(|| io::Error::other("not a file name"))?;
+        let name = target
+            .file_name()
+            .ok_or_else(|| io::Error::other("not a file name"))?;
         if target.is_dir() {
             return Err(io::Error::other("is a directory"));
         }
@@ -30,7 +32,10 @@ impl AtomicFile {
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".part")
             .tempfile_in(dir)?;
-        Ok(AtomicFile { temp, target: target.to_path_buf() })
+        Ok(AtomicFile {
+            temp,
+            target: target.to_path_buf(),
+        })
     }
 
     /// A buffered writer over the temp file that remembers whether a write failed.

@@ -8,7 +8,10 @@ use super::{Failure, ProbeArgs, report};
 
 pub(crate) fn run(args: ProbeArgs) -> Result<(), Failure> {
     let bars = Bars::new(progress::wanted(args.json));
-    let label = args.file.file_name().map_or_else(String::new, |n| n.to_string_lossy().into());
+    let label = args
+        .file
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into());
     let observer = bars.file(&label);
     let result = AudioReader::open(&args.file).and_then(|r| probe(r, &observer));
     observer.done();
@@ -43,21 +46,27 @@ fn print_json(args: &ProbeArgs, r: &ProbeReport) {
 
 fn print_text(args: &ProbeArgs, r: &ProbeReport) {
     let s = &r.source;
-    let lufs = r
-        .loudness
-        .integrated_lufs
-        .map_or_else(|| "silent".to_string(), |l| format!("{l:.1} LUFS integrated"));
+    let lufs = r.loudness.integrated_lufs.map_or_else(
+        || "silent".to_string(),
+        |l| format!("{l:.1} LUFS integrated"),
+    );
     let peak = r
         .loudness
         .true_peak_dbtp
         .map_or_else(|| "silent".to_string(), |p| format!("{p:.1} dBTP"));
-    let bits = s.bits_per_sample.map_or_else(String::new, |b| format!(", {b}-bit"));
+    let bits = s
+        .bits_per_sample
+        .map_or_else(String::new, |b| format!(", {b}-bit"));
     println!("file:        {}", args.file.display());
     println!("container:   {}", s.container);
     println!("codec:       {}{bits}", s.codec);
     println!("channels:    {}", s.channels);
     println!("sample rate: {} Hz", s.sample_rate);
-    println!("duration:    {:.3} s ({} frames)", r.duration_seconds(), r.frames);
+    println!(
+        "duration:    {:.3} s ({} frames)",
+        r.duration_seconds(),
+        r.frames
+    );
     println!("loudness:    {lufs}");
     println!("true peak:   {peak}");
 }
