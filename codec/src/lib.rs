@@ -13,6 +13,7 @@ pub mod analysis;
 pub mod channels;
 pub mod decode;
 pub mod error;
+pub mod fuzzing;
 pub mod limits;
 mod mp4_edit;
 pub mod ogg_opus;

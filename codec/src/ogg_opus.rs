@@ -93,6 +93,9 @@ impl OpusHead {
 pub struct OpusSettings {
     pub bitrate_kbps: u32,
     pub complexity: i32,
+    /// OpusHead output gain in Q7.8 dB, applied by every decoder (RFC 7845
+    /// §5.1): how a stem can be loudness-normalised without re-encoding.
+    pub output_gain_q8: i16,
 }
 
 impl OpusSettings {
@@ -102,6 +105,7 @@ impl OpusSettings {
         OpusSettings {
             bitrate_kbps,
             complexity: 10,
+            output_gain_q8: 0,
         }
     }
 
@@ -181,7 +185,7 @@ impl<W: Write> OggOpusWriter<W> {
             channels: channels as u8,
             pre_skip: pre_skip as u16,
             input_rate,
-            output_gain: 0,
+            output_gain: settings.output_gain_q8,
             mapping_family: 0,
         };
         let mut pages = PacketWriter::new(out);
@@ -477,7 +481,10 @@ mod tests {
     }
 
     fn roundtrip(frames: usize, channels: usize) -> Vec<f32> {
-        let settings = OpusSettings::for_channels(channels);
+        roundtrip_with(frames, channels, OpusSettings::for_channels(channels))
+    }
+
+    fn roundtrip_with(frames: usize, channels: usize, settings: OpusSettings) -> Vec<f32> {
         let mut w = OggOpusWriter::new(Vec::new(), channels, 44_100, settings, 16).unwrap();
         for block in sine(frames, channels).chunks(1000 * channels) {
             w.write(block).unwrap();
@@ -504,6 +511,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn output_gain_is_applied_on_decode() {
+        let rms = |x: &[f32]| (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt();
+        let plain = roundtrip(48_000, 1);
+        let mut quieter = OpusSettings::for_channels(1);
+        quieter.output_gain_q8 = -6 * 256;
+        let quieter = roundtrip_with(48_000, 1, quieter);
+        let db = 20.0 * (rms(&quieter[4800..]) / rms(&plain[4800..])).log10();
+        assert!((db + 6.0).abs() < 0.1, "gain came out as {db} dB");
     }
 
     #[test]

@@ -53,7 +53,7 @@ fn print_text(args: &ProbeArgs, r: &ProbeReport) {
     let peak = r
         .loudness
         .true_peak_dbtp
-        .map_or_else(|| "silent".to_string(), |p| format!("{p:.1} dBTP"));
+        .map_or_else(|| "digital silence".to_string(), |p| format!("{p:.1} dBTP"));
     let bits = s
         .bits_per_sample
         .map_or_else(String::new, |b| format!(", {b}-bit"));
