@@ -228,3 +228,22 @@ fn ctrl_c_stops_cleanly_and_leaves_nothing() {
     assert!(stderr.contains("cancelled"), "{stderr}");
     assert_eq!(listing(dir.path()), before, "Ctrl-C left files behind");
 }
+
+#[test]
+fn an_out_of_range_bitrate_is_a_usage_error() {
+    let dir = tempdir();
+    let input = copy_in(dir.path(), &format!("{ALSA_SOUNDS}/Front_Right.wav"));
+    let before = listing(dir.path());
+    for kbps in ["31", "513", "fast"] {
+        let result = run(&[
+            &"encode",
+            &"--bitrate",
+            &kbps,
+            &input,
+            &dir.path().join("o.opus"),
+        ]);
+        assert_eq!(result.status.code(), Some(2), "--bitrate {kbps}");
+        assert!(String::from_utf8_lossy(&result.stderr).contains("--bitrate"));
+        assert_eq!(listing(dir.path()), before);
+    }
+}

@@ -5,6 +5,7 @@
 
 mod decode;
 mod encode;
+mod job;
 mod output;
 mod probe;
 mod progress;
@@ -48,7 +49,7 @@ struct EncodeArgs {
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
     /// Target bitrate in kbit/s, 32–512 [default: 128 for stereo, 96 for mono].
-    #[arg(long, value_name = "KBPS")]
+    #[arg(long, value_name = "KBPS", value_parser = bitrate_kbps)]
     bitrate: Option<u32>,
     /// Files encoded at once with --out-dir [default: number of cores].
     #[arg(long, short, value_name = "N")]
@@ -89,6 +90,20 @@ struct ProbeArgs {
     /// Print JSON instead of text; no progress bar.
     #[arg(long)]
     json: bool,
+}
+
+fn bitrate_kbps(s: &str) -> Result<u32, String> {
+    use meshstudio_codec::limits::{MAX_BITRATE_KBPS, MIN_BITRATE_KBPS};
+    let kbps: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of kbit/s"))?;
+    if (MIN_BITRATE_KBPS..=MAX_BITRATE_KBPS).contains(&kbps) {
+        Ok(kbps)
+    } else {
+        Err(format!(
+            "{kbps} is outside {MIN_BITRATE_KBPS}..={MAX_BITRATE_KBPS} kbit/s"
+        ))
+    }
 }
 
 /// How a command failed, mapped to the exit status.

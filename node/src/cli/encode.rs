@@ -6,40 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use meshstudio_codec::{AudioReader, CodecError, EncodeReport, Observer, encode_opus};
+use meshstudio_codec::{EncodeReport, encode_opus};
 use serde_json::json;
 
-use super::output::AtomicFile;
+use super::job::transcode;
 use super::progress::{self, Bars};
 use super::{EncodeArgs, Failure, report};
-
-/// Why one file failed; decides the wording of the error line.
-pub(crate) enum JobError {
-    Read(CodecError),
-    Write(String),
-    Cancelled,
-}
-
-impl JobError {
-    /// Reports the error for `input`/`output` on stderr.
-    pub(crate) fn report(self, input: &Path, output: &Path) -> Failure {
-        match self {
-            JobError::Read(e) => report("read", input, &e),
-            JobError::Write(e) => report("write", output, &e),
-            JobError::Cancelled => Failure::Cancelled,
-        }
-    }
-
-    /// Sorts a codec error into read/write/cancelled; `write_failed` says
-    /// whether the output writer saw an I/O error.
-    pub(crate) fn classify(e: CodecError, write_failed: bool) -> Self {
-        match e {
-            CodecError::Cancelled => JobError::Cancelled,
-            CodecError::Io(io) if write_failed => JobError::Write(io.to_string()),
-            other => JobError::Read(other),
-        }
-    }
-}
 
 pub(crate) fn run(args: EncodeArgs) -> Result<(), Failure> {
     let jobs = plan(&args)?;
@@ -128,34 +100,14 @@ fn encode_file(
     bars: &Bars,
     json: bool,
 ) -> Result<(), Failure> {
-    let label = input
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let observer = bars.file(&label);
-    let result = encode_to(input, output, bitrate, &observer);
+    let observer = bars.file(input);
+    let result = transcode(input, output, |reader, writer| {
+        Ok(encode_opus(reader, writer, bitrate, &observer)?.1)
+    });
     observer.done();
     let report = result.map_err(|e| e.report(input, output))?;
     print_result(input, output, &report, json);
     Ok(())
-}
-
-/// Encodes `input` into `output` atomically.
-pub(crate) fn encode_to(
-    input: &Path,
-    output: &Path,
-    bitrate: Option<u32>,
-    observer: &dyn Observer,
-) -> Result<EncodeReport, JobError> {
-    let reader = AudioReader::open(input).map_err(JobError::Read)?;
-    let file = AtomicFile::create(output).map_err(|e| JobError::Write(e.to_string()))?;
-    let writer = file.writer().map_err(|e| JobError::Write(e.to_string()))?;
-    let write_failed = writer.failure_flag();
-    let (mut writer, report) = encode_opus(reader, writer, bitrate, observer)
-        .map_err(|e| JobError::classify(e, write_failed.load(Ordering::SeqCst)))?;
-    writer.flush().map_err(|e| JobError::Write(e.to_string()))?;
-    drop(writer);
-    file.commit().map_err(|e| JobError::Write(e.to_string()))?;
-    Ok(report)
 }
 
 fn print_result(input: &Path, output: &Path, r: &EncodeReport, json: bool) {

@@ -5,8 +5,6 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tempfile::NamedTempFile;
 
@@ -42,7 +40,7 @@ impl AtomicFile {
     pub fn writer(&self) -> io::Result<TrackedWriter> {
         Ok(TrackedWriter {
             inner: BufWriter::new(self.temp.as_file().try_clone()?),
-            failed: Arc::default(),
+            failed: false,
         })
     }
 
@@ -58,18 +56,17 @@ impl AtomicFile {
 /// back through the codec can be blamed on the output, not the input.
 pub struct TrackedWriter {
     inner: BufWriter<File>,
-    failed: Arc<AtomicBool>,
+    failed: bool,
 }
 
 impl TrackedWriter {
-    pub fn failure_flag(&self) -> Arc<AtomicBool> {
-        self.failed.clone()
+    /// Whether any write, flush or seek has failed.
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
-    fn track<T>(&self, r: io::Result<T>) -> io::Result<T> {
-        if r.is_err() {
-            self.failed.store(true, Ordering::SeqCst);
-        }
+    fn track<T>(&mut self, r: io::Result<T>) -> io::Result<T> {
+        self.failed |= r.is_err();
         r
     }
 }

@@ -8,11 +8,7 @@ use super::{Failure, ProbeArgs, report};
 
 pub(crate) fn run(args: ProbeArgs) -> Result<(), Failure> {
     let bars = Bars::new(progress::wanted(args.json));
-    let label = args
-        .file
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into());
-    let observer = bars.file(&label);
+    let observer = bars.file(&args.file);
     let result = AudioReader::open(&args.file).and_then(|r| probe(r, &observer));
     observer.done();
     let r = match result {

@@ -37,13 +37,14 @@ impl Bars {
         Bars { multi }
     }
 
-    /// An observer for one file labelled `label`.
-    pub fn file(&self, label: &str) -> FileProgress {
+    /// An observer for one file, labelled with its name.
+    pub fn file(&self, path: &std::path::Path) -> FileProgress {
         let bar = match &self.multi {
             Some(m) => {
                 let bar = m.add(ProgressBar::new(0));
                 bar.set_style(style());
-                bar.set_message(label.to_string());
+                let label = path.file_name().unwrap_or(path.as_os_str());
+                bar.set_message(label.to_string_lossy().into_owned());
                 bar
             }
             None => ProgressBar::hidden(),
