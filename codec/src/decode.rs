@@ -16,6 +16,7 @@ use symphonia::core::meta::MetadataOptions;
 
 use crate::channels::{Speaker, default_layout};
 use crate::error::{CodecError, Result};
+use crate::guard::guarded;
 use crate::limits::*;
 use crate::mp4_edit::{Edit, audio_edit};
 use crate::ogg_opus::{OggOpusReader, last_granule, looks_like_ogg_opus};
@@ -85,6 +86,8 @@ pub struct AudioReader {
     info: SourceInfo,
     backend: Backend,
     frames_read: u64,
+    /// Set once the decoder panicked: its state is not to be trusted again.
+    failed: Option<String>,
 }
 
 impl AudioReader {
@@ -98,7 +101,11 @@ impl AudioReader {
     }
 
     /// `ext` is only a hint; the content decides.
-    pub fn from_source(mut src: Box<dyn Source>, ext: Option<&str>) -> Result<Self> {
+    pub fn from_source(src: Box<dyn Source>, ext: Option<&str>) -> Result<Self> {
+        guarded(|| Self::open_source(src, ext))
+    }
+
+    fn open_source(mut src: Box<dyn Source>, ext: Option<&str>) -> Result<Self> {
         let mut prefix = [0u8; 64];
         let n = read_up_to(&mut src, &mut prefix)?;
         src.seek(SeekFrom::Start(0))?;
@@ -116,6 +123,7 @@ impl AudioReader {
             info,
             backend,
             frames_read: 0,
+            failed: None,
         })
     }
 
@@ -131,15 +139,41 @@ impl AudioReader {
     /// The next block of interleaved samples (`info().channels` per frame),
     /// or `None` at the end. A file shorter than its header says is an error.
     pub fn read_block(&mut self) -> Result<Option<&[f32]>> {
+        if let Some(why) = &self.failed {
+            return Err(CodecError::malformed("audio", why.clone()));
+        }
+        // The block is re-borrowed after the boundary: a range, not a slice,
+        // crosses it.
+        let range = match guarded(|| self.next_range()) {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e, CodecError::Malformed { .. }) {
+                    self.failed = Some(e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        Ok(range.map(|r| &self.block()[r]))
+    }
+
+    fn block(&self) -> &[f32] {
+        match &self.backend {
+            Backend::Symphonia(s) => s.block(),
+            Backend::Opus(r) => r.block(),
+        }
+    }
+
+    /// Decodes the next block; returns where it lies in the backend's buffer.
+    fn next_range(&mut self) -> Result<Option<std::ops::Range<usize>>> {
         let channels = self.info.channels;
         let max_frames = self.info.max_frames();
         let promised = self.info.frames.filter(|_| self.is_exact_length());
         let read_before = self.frames_read;
-        let block = match &mut self.backend {
-            Backend::Symphonia(s) => s.read_block()?,
-            Backend::Opus(r) => r.read_block()?,
+        let range = match &mut self.backend {
+            Backend::Symphonia(s) => s.read_range()?,
+            Backend::Opus(r) => r.read_range()?,
         };
-        let Some(block) = block else {
+        let Some(range) = range else {
             return match promised {
                 Some(declared) if read_before < declared => Err(CodecError::Truncated(format!(
                     "the header promises {declared} frames, the file holds {read_before}"
@@ -147,14 +181,14 @@ impl AudioReader {
                 _ => Ok(None),
             };
         };
-        self.frames_read += (block.len() / channels) as u64;
+        self.frames_read += (range.len() / channels) as u64;
         if self.frames_read > max_frames {
             return Err(CodecError::Limit(format!(
                 "longer than {} hours",
                 MAX_DURATION_SECONDS / 3600
             )));
         }
-        Ok(Some(block))
+        Ok(Some(range))
     }
 
     /// Containers whose declared length is exact (not an estimate from the bitrate).
@@ -294,7 +328,12 @@ impl SymphoniaSource {
         })
     }
 
-    fn read_block(&mut self) -> Result<Option<&[f32]>> {
+    fn block(&self) -> &[f32] {
+        &self.samples
+    }
+
+    /// Decodes the next packet; the range of `block()` it filled.
+    fn read_range(&mut self) -> Result<Option<std::ops::Range<usize>>> {
         loop {
             let packet = match self.format.next_packet() {
                 Ok(Some(p)) => p,
@@ -320,7 +359,7 @@ impl SymphoniaSource {
             }
             decoded.copy_to_vec_interleaved(&mut self.samples);
             if let Some(range) = self.apply_edit() {
-                return Ok(Some(&self.samples[range]));
+                return Ok(Some(range));
             }
             if self.keep_frames == Some(0) {
                 return Ok(None);

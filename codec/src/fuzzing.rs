@@ -42,4 +42,16 @@ mod tests {
         }
         assert!(count >= 6, "corpus at {dir} has only {count} files");
     }
+
+    /// Found by the fuzzer: a WAVE_FORMAT_EXTENSIBLE channel mask that makes
+    /// symphonia 0.6 overflow a shift (a panic in debug builds).
+    #[test]
+    fn a_decoder_panic_is_an_error() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/decode/crash-riff-channel-mask-shift"
+        );
+        let data = std::fs::read(path).expect("committed");
+        assert!(decode_all(&data).is_err());
+    }
 }

@@ -14,6 +14,7 @@ pub mod channels;
 pub mod decode;
 pub mod error;
 pub mod fuzzing;
+mod guard;
 pub mod limits;
 mod mp4_edit;
 pub mod ogg_opus;
@@ -24,6 +25,7 @@ pub mod wav;
 pub use analysis::{Loudness, LoudnessReport, Waveform};
 pub use decode::{AudioReader, SourceInfo};
 pub use error::{CodecError, Result};
+pub use guard::install_panic_hook;
 pub use ogg_opus::{OggOpusReader, OggOpusWriter, OpusSettings};
 pub use pipeline::{
     DecodeReport, EncodeReport, Observer, ProbeReport, Quiet, decode_wav, encode_opus, probe,

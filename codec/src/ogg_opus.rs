@@ -385,6 +385,15 @@ impl<R: Read + Seek> OggOpusReader<R> {
 
     /// The next block of decoded samples, or `None` at the end of the stream.
     pub fn read_block(&mut self) -> Result<Option<&[f32]>> {
+        Ok(self.read_range()?.map(|r| &self.pcm[r]))
+    }
+
+    pub(crate) fn block(&self) -> &[f32] {
+        &self.pcm
+    }
+
+    /// Decodes the next packet; the range of `block()` it filled.
+    pub(crate) fn read_range(&mut self) -> Result<Option<std::ops::Range<usize>>> {
         let ch = self.channels();
         loop {
             if self.finished {
@@ -424,7 +433,7 @@ impl<R: Read + Seek> OggOpusReader<R> {
                 )));
             }
             if end > start {
-                return Ok(Some(&self.pcm[start * ch..end * ch]));
+                return Ok(Some(start * ch..end * ch));
             }
         }
     }
