@@ -7,3 +7,4 @@ mod support;
 
 mod codec_cli;
 mod codec_errors;
+mod studio;

@@ -9,6 +9,7 @@ mod job;
 mod output;
 mod probe;
 mod progress;
+mod studio;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "meshstudio", version, propagate_version = true)]
 struct Cli {
+    /// Where this node keeps its data [default: $MESHSTUDIO_DIR, else ~/.local/share/meshstudio].
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +42,75 @@ enum Command {
     Decode(DecodeArgs),
     /// Show what an audio file holds: format, channels, rate, duration, loudness.
     Probe(ProbeArgs),
+    /// Set up this node: its key, database and site name. Safe to run again.
+    Init {
+        /// This studio's name, shown to the other sites.
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this node's id.
+    Id,
+    /// Change a setting: `author` (who is at the laptop), `site`.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Create, list and show projects.
+    Project {
+        #[command(subcommand)]
+        cmd: studio::ProjectCmd,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Add, change and remove tracks.
+    Track {
+        #[command(subcommand)]
+        cmd: studio::TrackCmd,
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Import audio files into a project as stems.
+    ///
+    /// Without --track each file gets a new track named after it; with
+    /// --track all files go on that track (created if needed), one after another.
+    Import {
+        project: String,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Put the clips on this track.
+        #[arg(long, value_name = "NAME")]
+        track: Option<String>,
+        /// Where in the song the first clip starts.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+        at: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stories and notes traded between sites.
+    Story {
+        #[command(subcommand)]
+        cmd: studio::StoryCmd,
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Show a project's lyrics, or replace them with a file's text.
+    Lyrics {
+        project: String,
+        /// A UTF-8 text file with the new lyrics.
+        #[arg(long, value_name = "FILE")]
+        set: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Set KEY to VALUE.
+    Set { key: String, value: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +198,7 @@ pub fn main() -> ExitCode {
         Command::Encode(args) => encode::run(args),
         Command::Decode(args) => decode::run(args),
         Command::Probe(args) => probe::run(args),
+        other => studio_command(cli.data_dir.as_deref(), other),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,6 +208,93 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_CANCELLED)
         }
     }
+}
+
+/// Runs a command that works on the node's data.
+fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Result<(), Failure> {
+    use crate::request::Request as R;
+    use studio::{ProjectCmd, StoryCmd, TrackCmd};
+    let dir =
+        meshstudio_store::resolve_data_dir(data_dir).map_err(|e| report_line(&e.to_string()))?;
+    let (request, json) = match command {
+        Command::Init { site, json } => (R::Init { site }, json),
+        Command::Id => (R::Id, false),
+        Command::Config {
+            cmd: ConfigCmd::Set { key, value },
+        } => (R::ConfigSet { key, value }, false),
+        Command::Project { cmd, json } => match cmd {
+            ProjectCmd::New { name } => (R::ProjectNew { name }, json),
+            ProjectCmd::List => (R::ProjectList, json),
+            ProjectCmd::Show { project } => (R::ProjectShow { project }, json),
+        },
+        Command::Track { cmd, json } => match cmd {
+            TrackCmd::Add { project, name } => (R::TrackAdd { project, name }, json),
+            TrackCmd::Set {
+                project,
+                track,
+                gain,
+                pan,
+                mute,
+                unmute,
+                solo,
+                unsolo,
+                name,
+            } => {
+                let changes =
+                    studio::track_changes(gain, pan, (mute, unmute), (solo, unsolo), name);
+                (
+                    R::TrackSet {
+                        project,
+                        track,
+                        changes,
+                    },
+                    json,
+                )
+            }
+            TrackCmd::Rm { project, track } => (R::TrackRm { project, track }, json),
+        },
+        Command::Import {
+            project,
+            files,
+            track,
+            at,
+            json,
+        } => {
+            let files = studio::absolute(files);
+            (
+                R::Import {
+                    project,
+                    files,
+                    track,
+                    at_seconds: at,
+                },
+                json,
+            )
+        }
+        Command::Story {
+            cmd: StoryCmd::Add { project, text },
+            json,
+        } => (R::StoryAdd { project, text }, json),
+        Command::Lyrics { project, set, json } => {
+            let set = match set {
+                Some(path) => {
+                    Some(std::fs::read_to_string(&path).map_err(|e| report("read", &path, &e))?)
+                }
+                None => None,
+            };
+            (R::Lyrics { project, set }, json)
+        }
+        Command::Encode(_) | Command::Decode(_) | Command::Probe(_) => {
+            unreachable!("handled above")
+        }
+    };
+    studio::run(&dir, request, json)
+}
+
+/// Prints one error line and returns how to exit.
+pub(crate) fn report_line(message: &str) -> Failure {
+    eprintln!("meshstudio: {message}");
+    Failure::Reported
 }
 
 /// Prints one error line for a file and returns how to exit.

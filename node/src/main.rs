@@ -1,6 +1,9 @@
 //! `meshstudio`: the command-line face of a meshstudio node.
 
+mod audio;
 mod cli;
+mod project;
+mod request;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,209 @@
+//! The studio commands: identity, settings, projects, tracks, imports,
+//! stories and lyrics. Each becomes one `Request` for `execute()`; this
+//! module only parses arguments and prints replies.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use serde_json::Value;
+
+use super::progress::{self, Bars};
+use super::{Failure, report_line};
+use crate::request::{Context, Request, RequestError, TrackChanges, execute};
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCmd {
+    /// Create a project.
+    New { name: String },
+    /// List projects.
+    List,
+    /// Show a project's tracks, clips, stories and lyrics.
+    Show { project: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrackCmd {
+    /// Add an empty track.
+    Add { project: String, name: String },
+    /// Change a track's mixer settings or name.
+    #[command(allow_negative_numbers = true)]
+    Set {
+        project: String,
+        track: String,
+        /// Track gain in dB (-120..24).
+        #[arg(long, value_name = "DB")]
+        gain: Option<f64>,
+        /// Pan position, -1 (left) .. 1 (right).
+        #[arg(long, value_name = "X")]
+        pan: Option<f64>,
+        #[arg(long, conflicts_with = "unmute")]
+        mute: bool,
+        #[arg(long)]
+        unmute: bool,
+        #[arg(long, conflicts_with = "unsolo")]
+        solo: bool,
+        #[arg(long)]
+        unsolo: bool,
+        /// New name.
+        #[arg(long, value_name = "NEW")]
+        name: Option<String>,
+    },
+    /// Remove a track and its clips.
+    Rm { project: String, track: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoryCmd {
+    /// Add a story or note for the other sites.
+    Add { project: String, text: String },
+}
+
+/// Turns the `track set` flags into changes.
+pub fn track_changes(
+    gain: Option<f64>,
+    pan: Option<f64>,
+    mute: (bool, bool),
+    solo: (bool, bool),
+    name: Option<String>,
+) -> TrackChanges {
+    let flag = |(on, off): (bool, bool)| {
+        if on {
+            Some(true)
+        } else if off {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    TrackChanges {
+        name,
+        gain_db: gain,
+        pan,
+        mute: flag(mute),
+        solo: flag(solo),
+    }
+}
+
+/// Absolute paths, so the request means the same wherever it runs.
+pub fn absolute(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths
+        .into_iter()
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect()
+}
+
+/// Runs one request against the data dir and prints its reply.
+pub fn run(data_dir: &Path, request: Request, json: bool) -> Result<(), Failure> {
+    let mut ctx = Context::new(data_dir.to_path_buf());
+    let bars = Bars::new(progress::wanted(json) && matches!(request, Request::Import { .. }));
+    let observer = bars.file(Path::new("import"));
+    let human = describe(&request);
+    let result = execute(&mut ctx, request, &observer);
+    observer.done();
+    let closed = ctx.close();
+    let reply = match (result, closed) {
+        (Ok(v), Ok(())) => v,
+        (Err(RequestError::Cancelled), _) => return Err(Failure::Cancelled),
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(report_line(&e.to_string())),
+    };
+    if json {
+        println!("{reply}");
+    } else {
+        print_human(human, &reply);
+    }
+    Ok(())
+}
+
+/// Which human rendering a reply gets.
+#[derive(Clone, Copy)]
+enum Human {
+    Id,
+    Init,
+    Show,
+    List,
+    Lyrics,
+    Summary,
+}
+
+fn describe(r: &Request) -> Human {
+    match r {
+        Request::Id => Human::Id,
+        Request::Init { .. } => Human::Init,
+        Request::ProjectShow { .. } => Human::Show,
+        Request::ProjectList => Human::List,
+        Request::Lyrics { .. } => Human::Lyrics,
+        _ => Human::Summary,
+    }
+}
+
+fn print_human(kind: Human, v: &Value) {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    match kind {
+        Human::Id => println!("{}", s("id")),
+        Human::Init => {
+            let verb = if v["created"] == true {
+                "created"
+            } else {
+                "already set up"
+            };
+            println!("node {} ({verb}) in {}", s("id"), s("data_dir"));
+        }
+        Human::List => {
+            for p in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {}",
+                    p["id"].as_str().unwrap_or_default(),
+                    p["name"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        Human::Show => print_project(v),
+        Human::Lyrics => println!("{}", s("lyrics")),
+        Human::Summary => println!("{v}"),
+    }
+}
+
+fn print_project(v: &Value) {
+    let f = |x: &Value| x.as_f64().unwrap_or_default();
+    println!(
+        "{}  {}",
+        v["name"].as_str().unwrap_or_default(),
+        v["id"].as_str().unwrap_or_default()
+    );
+    println!(
+        "tempo {} bpm, {}/{}",
+        f(&v["tempo"]),
+        v["beats_per_bar"],
+        v["beat_unit"]
+    );
+    for t in v["tracks"].as_array().into_iter().flatten() {
+        let flags = [(t["mute"] == true, " muted"), (t["solo"] == true, " solo")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, s)| *s)
+            .collect::<String>();
+        println!(
+            "  track {}  {:<20} gain {:+.1} dB  pan {:+.2}{flags}",
+            &t["id"].as_str().unwrap_or_default()
+                [..8.min(t["id"].as_str().unwrap_or_default().len())],
+            t["name"].as_str().unwrap_or_default(),
+            f(&t["gain_db"]),
+            f(&t["pan"])
+        );
+        for c in t["clips"].as_array().into_iter().flatten() {
+            println!(
+                "    clip at {:>9.3} s, {:>8.3} s long  {}",
+                f(&c["start"]) / 48_000.0,
+                f(&c["length"]) / 48_000.0,
+                c["source"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    for st in v["stories"].as_array().into_iter().flatten() {
+        println!(
+            "  story by {}: {}",
+            st["author"].as_str().unwrap_or("?"),
+            st["text"].as_str().unwrap_or_default()
+        );
+    }
+}

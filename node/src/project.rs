@@ -1,0 +1,12 @@
+//! The project model: one yrs document per project, persisted through the
+//! store's update log, plus reading it back as plain data.
+//!
+//! Owns the document schema (what keys exist and how entities nest) and
+//! local edits. Knows nothing about audio decoding, the CLI or the network;
+//! remote updates arrive here as bytes with the `NET` origin.
+
+pub mod doc;
+pub mod view;
+
+pub use doc::{ProjectDoc, TrackFields};
+pub use view::ProjectView;

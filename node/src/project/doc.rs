@@ -1,0 +1,279 @@
+//! The document schema and its persistence.
+//!
+//! Schema (v1): `meta` map (name, tempo, time signature, sample rate,
+//! schema, created); `tracks` map keyed by UUID → a map with one key per
+//! field and a `clips` map created in the same transaction (a lazily
+//! created nested map loses concurrent inserts); clips keyed by UUID → a
+//! map per clip; `stories` map keyed by UUID; `lyrics` text with UTF-16
+//! offsets, as browser Yjs counts them. (`markers` and `comments` are
+//! reserved root names for the next steps.)
+//! Keys this build doesn't know are left untouched.
+
+use meshstudio_store::{Store, StoreError, StoredDoc};
+use yrs::updates::decoder::Decode;
+use yrs::{
+    Any, Doc, GetString, In, Map, MapPrelim, MapRef, OffsetKind, Options, Out, ReadTxn, Text,
+    TextRef, Transact, TransactionMut, Update,
+};
+
+/// Origin of edits made on this node (undo tracks these only).
+pub const LOCAL: &str = "local";
+/// Origin of updates from peers and from the log on load.
+pub const NET: &str = "net";
+/// Document schema this build writes; a newer major version opens read-only.
+pub const DOC_SCHEMA: i64 = 1;
+/// Log entries after which a project's log is folded into one snapshot.
+pub const COMPACT_AFTER_UPDATES: usize = 256;
+/// The only sample rate of a project: stems and positions are at 48 kHz.
+pub const PROJECT_RATE_HZ: i64 = 48_000;
+
+pub(crate) mod key {
+    pub const META: &str = "meta";
+    pub const TRACKS: &str = "tracks";
+    pub const CLIPS: &str = "clips";
+    // Reserved root names, not written by this build yet: "markers", "comments".
+    pub const STORIES: &str = "stories";
+    pub const LYRICS: &str = "lyrics";
+    pub const NAME: &str = "name";
+    pub const TEMPO: &str = "tempo";
+    pub const BEATS_PER_BAR: &str = "beats_per_bar";
+    pub const BEAT_UNIT: &str = "beat_unit";
+    pub const SAMPLE_RATE: &str = "sample_rate";
+    pub const SCHEMA: &str = "schema";
+    pub const CREATED: &str = "created";
+    pub const ORDER: &str = "order";
+    pub const GAIN_DB: &str = "gain_db";
+    pub const PAN: &str = "pan";
+    pub const MUTE: &str = "mute";
+    pub const SOLO: &str = "solo";
+    pub const KIND: &str = "kind";
+    pub const BLOB: &str = "blob";
+    pub const START: &str = "start";
+    pub const OFFSET: &str = "offset";
+    pub const LENGTH: &str = "length";
+    pub const CHANNELS: &str = "channels";
+    pub const FADE_IN: &str = "fade_in";
+    pub const FADE_OUT: &str = "fade_out";
+    pub const SOURCE: &str = "source";
+    pub const AUTHOR: &str = "author";
+    pub const SITE: &str = "site";
+    pub const TIME: &str = "time";
+    pub const TEXT: &str = "text";
+}
+
+/// Errors of the project model.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("project {project}: stored update {seq} is unreadable ({detail})")]
+    BadUpdate {
+        project: String,
+        seq: usize,
+        detail: String,
+    },
+    #[error(
+        "project {0} was written by a newer meshstudio (document schema v{1}); it opens read-only"
+    )]
+    ReadOnly(String, i64),
+}
+
+/// The root shared types, fetched once: fetching one opens a transaction,
+/// which deadlocks while another is open on the same thread.
+#[derive(Clone)]
+pub struct Roots {
+    pub meta: MapRef,
+    pub tracks: MapRef,
+    pub stories: MapRef,
+    pub lyrics: TextRef,
+}
+
+/// A project's document, loaded from the store.
+pub struct ProjectDoc {
+    pub id: String,
+    pub doc: Doc,
+    pub roots: Roots,
+}
+
+/// Fields of a track as written on creation.
+#[derive(Debug, Clone)]
+pub struct TrackFields {
+    pub name: String,
+    pub order: f64,
+    pub kind: &'static str,
+}
+
+fn new_doc(client_id: u64) -> Doc {
+    let mut options = Options::with_client_id(yrs::ClientID::new(client_id));
+    options.offset_kind = OffsetKind::Utf16;
+    Doc::with_options(options)
+}
+
+fn roots(doc: &Doc) -> Roots {
+    Roots {
+        meta: doc.get_or_insert_map(key::META),
+        tracks: doc.get_or_insert_map(key::TRACKS),
+        stories: doc.get_or_insert_map(key::STORIES),
+        lyrics: doc.get_or_insert_text(key::LYRICS),
+    }
+}
+
+impl ProjectDoc {
+    /// A new, empty project document (not yet stored).
+    pub fn create(id: &str, client_id: u64, name: &str, now_ms: i64) -> (Self, Vec<u8>) {
+        let doc = new_doc(client_id);
+        let roots = roots(&doc);
+        let update = {
+            let mut txn = doc.transact_mut_with(LOCAL);
+            let meta = &roots.meta;
+            meta.insert(&mut txn, key::NAME, name);
+            meta.insert(&mut txn, key::TEMPO, 120.0);
+            meta.insert(&mut txn, key::BEATS_PER_BAR, 4i64);
+            meta.insert(&mut txn, key::BEAT_UNIT, 4i64);
+            meta.insert(&mut txn, key::SAMPLE_RATE, PROJECT_RATE_HZ);
+            meta.insert(&mut txn, key::SCHEMA, DOC_SCHEMA);
+            meta.insert(&mut txn, key::CREATED, now_ms);
+            txn.encode_update_v1()
+        };
+        (
+            ProjectDoc {
+                id: id.to_string(),
+                doc,
+                roots,
+            },
+            update,
+        )
+    }
+
+    /// Loads a project from its snapshot and log, folding a long log into
+    /// a snapshot on the way.
+    pub fn load(store: &Store, id: &str) -> Result<Self, ProjectError> {
+        let stored = store.load_doc(id)?;
+        let doc = new_doc(store.client_id()?);
+        let roots = roots(&doc);
+        apply_stored(&doc, id, &stored)?;
+        let project = ProjectDoc {
+            id: id.to_string(),
+            doc,
+            roots,
+        };
+        if stored.updates.len() > COMPACT_AFTER_UPDATES {
+            let snapshot = project.full_state();
+            store.write(|w| w.compact_doc(id, &snapshot, stored.next_seq))?;
+        }
+        Ok(project)
+    }
+
+    /// The whole document as one update.
+    pub fn full_state(&self) -> Vec<u8> {
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default())
+    }
+
+    /// Fails if a newer meshstudio wrote this document's schema.
+    pub fn check_writable(&self) -> Result<(), ProjectError> {
+        let schema = self.meta_i64(key::SCHEMA).unwrap_or(DOC_SCHEMA);
+        if schema > DOC_SCHEMA {
+            return Err(ProjectError::ReadOnly(self.id.clone(), schema));
+        }
+        Ok(())
+    }
+
+    fn meta_i64(&self, k: &str) -> Option<i64> {
+        let txn = self.doc.transact();
+        as_i64(self.roots.meta.get(&txn, k))
+    }
+
+    /// Runs a local edit; returns `f`'s result and the update it made.
+    pub fn edit<T>(&self, f: impl FnOnce(&mut TransactionMut, &Roots) -> T) -> (T, Vec<u8>) {
+        let mut txn = self.doc.transact_mut_with(LOCAL);
+        let out = f(&mut txn, &self.roots);
+        let update = txn.encode_update_v1();
+        (out, update)
+    }
+
+    pub fn name(&self) -> String {
+        let txn = self.doc.transact();
+        as_string(self.roots.meta.get(&txn, key::NAME)).unwrap_or_default()
+    }
+
+    pub fn lyrics(&self) -> String {
+        self.roots.lyrics.get_string(&self.doc.transact())
+    }
+}
+
+/// Applies the stored snapshot and log (as remote state: not undoable).
+fn apply_stored(doc: &Doc, id: &str, stored: &StoredDoc) -> Result<(), ProjectError> {
+    let mut txn = doc.transact_mut_with(NET);
+    let parts = stored.snapshot.iter().chain(stored.updates.iter());
+    for (seq, bytes) in parts.enumerate() {
+        let bad = |detail: String| ProjectError::BadUpdate {
+            project: id.to_string(),
+            seq,
+            detail,
+        };
+        let update = Update::decode_v1(bytes).map_err(|e| bad(e.to_string()))?;
+        txn.apply_update(update).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Creates a track with its `clips` map in one transaction; returns its id.
+pub fn add_track(txn: &mut TransactionMut, roots: &Roots, fields: &TrackFields) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    let prelim = MapPrelim::from([
+        (key::NAME, In::from(fields.name.as_str())),
+        (key::ORDER, In::from(fields.order)),
+        (key::GAIN_DB, In::from(0.0)),
+        (key::PAN, In::from(0.0)),
+        (key::MUTE, In::from(false)),
+        (key::SOLO, In::from(false)),
+        (key::KIND, In::from(fields.kind)),
+        (key::CLIPS, In::from(MapPrelim::default())),
+    ]);
+    roots.tracks.insert(txn, id.clone(), prelim);
+    id
+}
+
+/// A nested map under `parent[key]`, if it is one.
+pub fn child_map<T: ReadTxn>(txn: &T, parent: &MapRef, k: &str) -> Option<MapRef> {
+    match parent.get(txn, k)? {
+        Out::YMap(m) => Some(m),
+        _ => None,
+    }
+}
+
+pub fn as_f64(v: Option<Out>) -> Option<f64> {
+    match v? {
+        Out::Any(Any::Number(n)) => n.as_f64(),
+        _ => None,
+    }
+}
+
+pub fn as_i64(v: Option<Out>) -> Option<i64> {
+    as_f64(v).map(|f| f as i64)
+}
+
+pub fn as_bool(v: Option<Out>) -> Option<bool> {
+    match v? {
+        Out::Any(Any::Bool(b)) => Some(b),
+        _ => None,
+    }
+}
+
+pub fn as_string(v: Option<Out>) -> Option<String> {
+    match v? {
+        Out::Any(Any::String(s)) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// Inserts a lyrics edit safely: offsets are UTF-16 units, clamped.
+pub fn set_lyrics(txn: &mut TransactionMut, roots: &Roots, text: &str) {
+    let len = roots.lyrics.len(txn);
+    if len > 0 {
+        roots.lyrics.remove_range(txn, 0, len);
+    }
+    roots.lyrics.insert(txn, 0, text);
+}

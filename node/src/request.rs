@@ -1,0 +1,296 @@
+//! Every operation on a node's data as one serde `Request`, handled by one
+//! `execute()`. The CLI runs it in-process now; the node's local API will
+//! carry the same requests. Owns name resolution, the order of durable
+//! steps (blob → tag → sync → commit → acknowledge) and failpoints.
+
+mod context;
+mod failpoint;
+mod imports;
+mod resolve;
+
+use std::path::PathBuf;
+
+use meshstudio_codec::Observer;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use context::Context;
+
+use crate::project::doc::{self, add_track, key};
+use crate::project::{ProjectDoc, ProjectView, TrackFields};
+
+/// An operation on the node's data. Paths are absolute.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Init {
+        site: Option<String>,
+    },
+    Id,
+    ConfigSet {
+        key: String,
+        value: String,
+    },
+    ProjectNew {
+        name: String,
+    },
+    ProjectList,
+    ProjectShow {
+        project: String,
+    },
+    TrackAdd {
+        project: String,
+        name: String,
+    },
+    TrackSet {
+        project: String,
+        track: String,
+        changes: TrackChanges,
+    },
+    TrackRm {
+        project: String,
+        track: String,
+    },
+    Import {
+        project: String,
+        files: Vec<PathBuf>,
+        track: Option<String>,
+        at_seconds: f64,
+    },
+    StoryAdd {
+        project: String,
+        text: String,
+    },
+    Lyrics {
+        project: String,
+        set: Option<String>,
+    },
+}
+
+/// Fields `track set` may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrackChanges {
+    pub name: Option<String>,
+    pub gain_db: Option<f64>,
+    pub pan: Option<f64>,
+    pub mute: Option<bool>,
+    pub solo: Option<bool>,
+}
+
+/// Why a request failed: one message a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Store(#[from] meshstudio_store::StoreError),
+    #[error(transparent)]
+    Project(#[from] doc::ProjectError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot import {path:?}: {reason}")]
+    Import { path: PathBuf, reason: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+pub type Result<T, E = RequestError> = std::result::Result<T, E>;
+
+/// Settings `config set` accepts.
+const CONFIG_KEYS: &[&str] = &["author", "site"];
+/// Pan is a position between hard left (-1) and hard right (1).
+const PAN_RANGE: std::ops::RangeInclusive<f64> = -1.0..=1.0;
+/// Gains beyond these are typos, not mixes.
+const GAIN_RANGE_DB: std::ops::RangeInclusive<f64> = -120.0..=24.0;
+
+/// Runs one request against the node's data; the reply is JSON data.
+pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> Result<Value> {
+    match request {
+        Request::Init { site } => ctx.init(site.as_deref()),
+        Request::Id => Ok(json!({ "id": ctx.node_id()? })),
+        Request::ConfigSet { key, value } => config_set(ctx, &key, &value),
+        Request::ProjectNew { name } => project_new(ctx, &name),
+        Request::ProjectList => project_list(ctx),
+        Request::ProjectShow { project } => {
+            let p = resolve::project(ctx.store()?, &project)?;
+            Ok(serde_json::to_value(ProjectView::of(&p)).expect("views serialize"))
+        }
+        Request::TrackAdd { project, name } => track_add(ctx, &project, &name),
+        Request::TrackSet {
+            project,
+            track,
+            changes,
+        } => track_set(ctx, &project, &track, &changes),
+        Request::TrackRm { project, track } => track_rm(ctx, &project, &track),
+        Request::Import {
+            project,
+            files,
+            track,
+            at_seconds,
+        } => imports::import(
+            ctx,
+            &project,
+            &files,
+            track.as_deref(),
+            at_seconds,
+            progress,
+        ),
+        Request::StoryAdd { project, text } => story_add(ctx, &project, &text),
+        Request::Lyrics { project, set } => lyrics(ctx, &project, set.as_deref()),
+    }
+}
+
+fn config_set(ctx: &mut Context, key: &str, value: &str) -> Result<Value> {
+    if !CONFIG_KEYS.contains(&key) {
+        return Err(RequestError::Invalid(format!(
+            "unknown setting {key:?}; settings: {}",
+            CONFIG_KEYS.join(", ")
+        )));
+    }
+    ctx.store()?.write(|w| w.set_setting(key, value))?;
+    Ok(json!({ "key": key, "value": value }))
+}
+
+fn project_new(ctx: &mut Context, name: &str) -> Result<Value> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(RequestError::Invalid("a project needs a name".into()));
+    }
+    let store = ctx.store()?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (_, update) = ProjectDoc::create(&id, store.client_id()?, name, now_ms());
+    let record = serde_json::to_vec(&json!({ "created": now_ms() })).expect("json");
+    store.write(|w| {
+        w.put_project(&id, &record)?;
+        w.append_update(&id, &update).map(|_| ())
+    })?;
+    Ok(json!({ "id": id, "name": name }))
+}
+
+fn project_list(ctx: &mut Context) -> Result<Value> {
+    let store = ctx.store()?;
+    let mut out = Vec::new();
+    for row in store.projects()? {
+        let p = ProjectDoc::load(store, &row.id)?;
+        out.push(json!({ "id": row.id, "name": p.name() }));
+    }
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(Value::Array(out))
+}
+
+/// Persists a local edit's update (and nothing if it changed nothing).
+pub(crate) fn commit(ctx: &mut Context, project: &ProjectDoc, update: &[u8]) -> Result<()> {
+    if is_empty_update(update) {
+        return Ok(());
+    }
+    ctx.store()?
+        .write(|w| w.append_update(&project.id, update).map(|_| ()))?;
+    Ok(())
+}
+
+/// A v1 update with no structs and no deletions: `[0, 0]`.
+fn is_empty_update(update: &[u8]) -> bool {
+    update == [0, 0]
+}
+
+fn track_add(ctx: &mut Context, project: &str, name: &str) -> Result<Value> {
+    let p = writable(ctx, project)?;
+    let fields = TrackFields {
+        name: name.to_string(),
+        order: next_order(&p),
+        kind: "audio",
+    };
+    let (id, update) = p.edit(|txn, roots| add_track(txn, roots, &fields));
+    commit(ctx, &p, &update)?;
+    Ok(json!({ "project": p.id, "track": id, "name": name }))
+}
+
+/// Loads a project for editing.
+pub(crate) fn writable(ctx: &mut Context, project: &str) -> Result<ProjectDoc> {
+    let p = resolve::project(ctx.store()?, project)?;
+    p.check_writable()?;
+    Ok(p)
+}
+
+/// An order value after every existing track.
+pub(crate) fn next_order(p: &ProjectDoc) -> f64 {
+    let view = ProjectView::of(p);
+    view.tracks.iter().map(|t| t.order).fold(0.0, f64::max) + 1.0
+}
+
+fn track_set(ctx: &mut Context, project: &str, track: &str, c: &TrackChanges) -> Result<Value> {
+    if let Some(pan) = c.pan.filter(|p| !PAN_RANGE.contains(p)) {
+        return Err(RequestError::Invalid(format!("pan {pan} is outside -1..1")));
+    }
+    if let Some(g) = c.gain_db.filter(|g| !GAIN_RANGE_DB.contains(g)) {
+        return Err(RequestError::Invalid(format!(
+            "gain {g} dB is outside -120..24"
+        )));
+    }
+    let p = writable(ctx, project)?;
+    let (id, m) = resolve::track(&p, track)?;
+    let (_, update) = p.edit(|txn, _| {
+        use yrs::Map;
+        if let Some(v) = &c.name {
+            m.try_update(txn, key::NAME, v.as_str());
+        }
+        for (k, v) in [(key::GAIN_DB, c.gain_db), (key::PAN, c.pan)] {
+            if let Some(v) = v {
+                m.try_update(txn, k, v);
+            }
+        }
+        for (k, v) in [(key::MUTE, c.mute), (key::SOLO, c.solo)] {
+            if let Some(v) = v {
+                m.try_update(txn, k, v);
+            }
+        }
+    });
+    commit(ctx, &p, &update)?;
+    Ok(json!({ "project": p.id, "track": id }))
+}
+
+fn track_rm(ctx: &mut Context, project: &str, track: &str) -> Result<Value> {
+    let p = writable(ctx, project)?;
+    let (id, _) = resolve::track(&p, track)?;
+    let (_, update) = p.edit(|txn, roots| {
+        use yrs::Map;
+        roots.tracks.remove(txn, &id);
+    });
+    commit(ctx, &p, &update)?;
+    Ok(json!({ "project": p.id, "removed": id }))
+}
+
+fn story_add(ctx: &mut Context, project: &str, text: &str) -> Result<Value> {
+    let author = ctx.store()?.setting("author")?.unwrap_or_default();
+    let site = ctx.store()?.setting("site")?.unwrap_or_default();
+    let p = writable(ctx, project)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (_, update) = p.edit(|txn, roots| {
+        use yrs::{In, Map, MapPrelim};
+        let story = MapPrelim::from([
+            (key::AUTHOR, In::from(author.as_str())),
+            (key::SITE, In::from(site.as_str())),
+            (key::TIME, In::from(now_ms())),
+            (key::TEXT, In::from(text)),
+        ]);
+        roots.stories.insert(txn, id.clone(), story);
+    });
+    commit(ctx, &p, &update)?;
+    Ok(json!({ "project": p.id, "story": id }))
+}
+
+fn lyrics(ctx: &mut Context, project: &str, set: Option<&str>) -> Result<Value> {
+    let p = match set {
+        None => resolve::project(ctx.store()?, project)?,
+        Some(text) => {
+            let p = writable(ctx, project)?;
+            let (_, update) = p.edit(|txn, roots| doc::set_lyrics(txn, roots, text));
+            commit(ctx, &p, &update)?;
+            p
+        }
+    };
+    Ok(json!({ "project": p.id, "lyrics": p.lyrics() }))
+}
+
+pub(crate) fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_millis() as i64)
+}

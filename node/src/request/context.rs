@@ -1,0 +1,109 @@
+//! What a request runs against: the data dir, opened lazily (the database
+//! only when needed, the blob store only for stems).
+
+use std::path::{Path, PathBuf};
+
+use meshstudio_store::{BlobStore, Hash, Store, StoreError, init_identity, load_identity};
+use serde_json::{Value, json};
+
+use super::{RequestError, Result};
+
+pub struct Context {
+    data_dir: PathBuf,
+    store: Option<Store>,
+    blobs: Option<BlobStore>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Context {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Context {
+            data_dir,
+            store: None,
+            blobs: None,
+            runtime: None,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The database; needs `init` to have run.
+    pub fn store(&mut self) -> Result<&Store> {
+        if self.store.is_none() {
+            if load_identity(&self.data_dir)?.is_none() {
+                return Err(StoreError::NoIdentity.into());
+            }
+            self.store = Some(Store::open(&self.data_dir)?);
+        }
+        Ok(self.store.as_ref().expect("opened above"))
+    }
+
+    /// Runs async blob-store work on this context's runtime.
+    pub fn block_on<F: Future>(&mut self, f: F) -> Result<F::Output> {
+        if self.runtime.is_none() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| RequestError::Invalid(format!("cannot start the runtime: {e}")))?;
+            self.runtime = Some(rt);
+        }
+        Ok(self.runtime.as_ref().expect("built above").block_on(f))
+    }
+
+    /// The blob store, opened on first use.
+    pub fn blobs(&mut self) -> Result<&BlobStore> {
+        if self.blobs.is_none() {
+            self.store()?;
+            let dir = self.data_dir.clone();
+            let blobs = self.block_on(BlobStore::open(&dir))??;
+            self.blobs = Some(blobs);
+        }
+        Ok(self.blobs.as_ref().expect("opened above"))
+    }
+
+    /// Adds a file to the blob store (tagged, synced); returns its hash.
+    pub fn import_blob(&mut self, path: &Path) -> Result<Hash> {
+        self.blobs()?;
+        let (Some(blobs), Some(rt)) = (&self.blobs, &self.runtime) else {
+            unreachable!("blobs() opened both");
+        };
+        Ok(rt.block_on(blobs.import_file(path))?)
+    }
+
+    pub fn init(&mut self, site: Option<&str>) -> Result<Value> {
+        let (secret, created) = init_identity(&self.data_dir)?;
+        let store = self.store()?;
+        if let Some(site) = site {
+            store.write(|w| w.set_setting("site", site))?;
+        }
+        let site = store.setting("site")?;
+        Ok(json!({
+            "id": node_id(&secret),
+            "created": created,
+            "data_dir": self.data_dir,
+            "site": site,
+        }))
+    }
+
+    pub fn node_id(&self) -> Result<String> {
+        let secret = load_identity(&self.data_dir)?.ok_or(StoreError::NoIdentity)?;
+        Ok(node_id(&secret))
+    }
+
+    /// Closes the blob store cleanly (it has its own threads and database).
+    pub fn close(mut self) -> Result<()> {
+        if let Some(blobs) = self.blobs.take() {
+            self.block_on(blobs.shutdown())??;
+        }
+        Ok(())
+    }
+}
+
+/// The node id: the ed25519 public key of the node secret, in hex.
+fn node_id(secret: &meshstudio_store::NodeSecret) -> String {
+    iroh_base::SecretKey::from_bytes(&secret.0)
+        .public()
+        .to_string()
+}

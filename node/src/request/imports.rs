@@ -1,0 +1,171 @@
+//! `import`: audio files become Ogg Opus stems in the blob store and clips
+//! in the project. Durable order: encode → add blob → tag → sync the blob
+//! store → commit the clip → acknowledge. A crash between steps leaves at
+//! most an orphan blob, which `gc` removes; never a clip without its blob.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use meshstudio_codec::{AudioReader, CodecError, EncodeReport, Observer, encode_opus};
+use meshstudio_store::Hash;
+use serde_json::{Value, json};
+use yrs::{In, Map, MapPrelim};
+
+use super::failpoint;
+use super::{Context, RequestError, Result, commit, next_order, writable};
+use crate::project::doc::{add_track, child_map, key};
+use crate::project::{ProjectDoc, ProjectView, TrackFields};
+
+/// Scratch space for encodes, inside the data dir (same filesystem as the blobs).
+const SCRATCH_DIR: &str = "tmp";
+const FRAMES_PER_SECOND: f64 = 48_000.0;
+
+/// One imported file.
+struct Stem {
+    hash: Hash,
+    report: EncodeReport,
+}
+
+pub fn import(
+    ctx: &mut Context,
+    project: &str,
+    files: &[PathBuf],
+    track: Option<&str>,
+    at_seconds: f64,
+    progress: &dyn Observer,
+) -> Result<Value> {
+    if !at_seconds.is_finite() || at_seconds < 0.0 {
+        return Err(RequestError::Invalid(format!(
+            "--at {at_seconds} is not a time in the song"
+        )));
+    }
+    let p = writable(ctx, project)?;
+    let mut start = (at_seconds * FRAMES_PER_SECOND).round() as i64;
+    let mut results = Vec::new();
+    for file in files {
+        let stem = encode_to_blob(ctx, file, progress)?;
+        failpoint::hit(failpoint::AFTER_BLOB);
+        let track_name = match track {
+            Some(name) => name.to_string(),
+            None => file_stem(file),
+        };
+        let (track_id, clip_id) =
+            add_clip(ctx, &p, &track_name, track.is_some(), &stem, start, file)?;
+        failpoint::hit(failpoint::AFTER_COMMIT);
+        results.push(json!({
+            "file": file,
+            "track": track_id,
+            "clip": clip_id,
+            "blob": stem.hash.to_hex().to_string(),
+            "start": start,
+            "length": stem.report.frames,
+            "channels": stem.report.channels,
+        }));
+        if track.is_some() {
+            start += stem.report.frames as i64; // files on one track play one after another
+        }
+    }
+    failpoint::hit(failpoint::BEFORE_ACK);
+    Ok(json!({ "project": p.id, "imported": results }))
+}
+
+fn file_stem(file: &Path) -> String {
+    file.file_stem()
+        .map_or_else(|| "Audio".into(), |s| s.to_string_lossy().into_owned())
+}
+
+/// Encodes `file` to a stem in scratch space and moves it into the blob store.
+fn encode_to_blob(ctx: &mut Context, file: &Path, progress: &dyn Observer) -> Result<Stem> {
+    let fail = |reason: String| RequestError::Import {
+        path: file.to_path_buf(),
+        reason,
+    };
+    let reader = AudioReader::open(file).map_err(|e| fail(e.to_string()))?;
+    let scratch = ctx.data_dir().join(SCRATCH_DIR);
+    std::fs::create_dir_all(&scratch).map_err(|e| fail(format!("{}: {e}", scratch.display())))?;
+    let temp = tempfile::NamedTempFile::new_in(&scratch).map_err(|e| fail(e.to_string()))?;
+    let out = std::io::BufWriter::new(
+        temp.as_file()
+            .try_clone()
+            .map_err(|e| fail(e.to_string()))?,
+    );
+    let (mut out, report) = encode_opus(reader, out, None, progress).map_err(|e| match e {
+        CodecError::Cancelled => RequestError::Cancelled,
+        other => fail(other.to_string()),
+    })?;
+    out.flush().map_err(|e| fail(e.to_string()))?;
+    drop(out);
+    let hash = ctx.import_blob(temp.path())?;
+    drop(temp);
+    Ok(Stem { hash, report })
+}
+
+/// Adds a clip for `stem` to the track named `name` (created if missing
+/// or if `reuse` is false); commits; returns (track id, clip id).
+fn add_clip(
+    ctx: &mut Context,
+    p: &ProjectDoc,
+    name: &str,
+    reuse: bool,
+    stem: &Stem,
+    start: i64,
+    file: &Path,
+) -> Result<(String, String)> {
+    let existing = if reuse { find_track(p, name)? } else { None };
+    let order = next_order(p);
+    let clip_id = uuid::Uuid::new_v4().to_string();
+    let (track_id, update) = p.edit(|txn, roots| {
+        let track_id = existing.clone().unwrap_or_else(|| {
+            add_track(
+                txn,
+                roots,
+                &TrackFields {
+                    name: name.to_string(),
+                    order,
+                    kind: "audio",
+                },
+            )
+        });
+        let track = child_map(txn, &roots.tracks, &track_id).expect("present or just created");
+        let clips = child_map(txn, &track, key::CLIPS).expect("created with the track");
+        let clip = MapPrelim::from([
+            (key::BLOB, In::from(stem.hash.to_hex().to_string())),
+            (key::CHANNELS, In::from(stem.report.channels as i64)),
+            (key::START, In::from(start)),
+            (key::OFFSET, In::from(0i64)),
+            (key::LENGTH, In::from(stem.report.frames as i64)),
+            (key::GAIN_DB, In::from(0.0)),
+            (key::FADE_IN, In::from(0i64)),
+            (key::FADE_OUT, In::from(0i64)),
+            (
+                key::SOURCE,
+                In::from(
+                    file.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                ),
+            ),
+        ]);
+        clips.insert(txn, clip_id.clone(), clip);
+        track_id
+    });
+    commit(ctx, p, &update)?;
+    Ok((track_id, clip_id))
+}
+
+/// The one track called `name`, if any.
+fn find_track(p: &ProjectDoc, name: &str) -> Result<Option<String>> {
+    let view = ProjectView::of(p);
+    let named: Vec<_> = view.tracks.iter().filter(|t| t.name == name).collect();
+    match named.as_slice() {
+        [] => Ok(None),
+        [t] => Ok(Some(t.id.clone())),
+        many => Err(RequestError::Invalid(format!(
+            "{} tracks are named {name:?}: {}; use `track set --name` to tell them apart",
+            many.len(),
+            many.iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}

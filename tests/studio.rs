@@ -1,0 +1,225 @@
+//! The offline studio from the command line: identity, projects, tracks,
+//! imports, stories, lyrics — against a real data dir (redb + blob store).
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// A data dir and the `meshstudio --data-dir` that uses it.
+pub struct Studio {
+    pub dir: tempfile::TempDir,
+}
+
+impl Studio {
+    /// A fresh, initialised node.
+    pub fn new() -> Self {
+        let studio = Studio { dir: tempdir() };
+        studio.ok(&["init", "--site", "Test Site"]);
+        studio
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        meshstudio()
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        serde_json::from_str(&self.ok(&with_json)).unwrap()
+    }
+
+    /// Runs a command that must fail; returns its one stderr line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line:\n{stderr}");
+        stderr
+    }
+
+    pub fn show(&self, project: &str) -> Value {
+        self.json(&["project", "show", project])
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+#[test]
+fn init_is_idempotent_and_the_id_stays() {
+    let s = Studio::new();
+    let id = s.ok(&["id"]).trim().to_string();
+    assert_eq!(id.len(), 64, "hex ed25519 public key: {id}");
+    let again = s.json(&["init"]);
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(again["created"], false);
+    assert_eq!(again["site"], "Test Site");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(s.path().join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn commands_before_init_say_what_to_do() {
+    let dir = tempdir();
+    let out = meshstudio()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["project", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("meshstudio init"));
+}
+
+#[test]
+fn build_a_song_offline() {
+    let s = Studio::new();
+    s.ok(&["config", "set", "author", "Lina"]);
+    let p = s.json(&["project", "new", "Rain Song"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.ok(&["track", "add", "Rain Song", "Vocals"]);
+    let center = format!("{ALSA_SOUNDS}/Front_Center.wav");
+    let bell = format!("{FREEDESKTOP_SOUNDS}/bell.oga");
+    s.ok(&["import", "Rain Song", &center, &bell]);
+    s.ok(&[
+        "import",
+        &p[..8],
+        &format!("{ALSA_SOUNDS}/Noise.wav"),
+        "--track",
+        "Vocals",
+        "--at",
+        "2.5",
+    ]);
+    s.ok(&[
+        "track",
+        "set",
+        "Rain Song",
+        "Vocals",
+        "--gain",
+        "-6",
+        "--pan",
+        "-0.5",
+        "--mute",
+    ]);
+    s.ok(&["story", "add", "Rain Song", "We recorded this in the rain"]);
+    let lyrics = s.path().join("lyrics.txt");
+    std::fs::write(&lyrics, "la la 🎵 land\n").unwrap();
+    s.ok(&["lyrics", "Rain Song", "--set", lyrics.to_str().unwrap()]);
+
+    let v = s.show(&p);
+    assert_eq!(v["name"], "Rain Song");
+    let tracks = v["tracks"].as_array().unwrap();
+    let names: Vec<_> = tracks.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Vocals", "Front_Center", "bell"], "sorted by order");
+    let vocals = &tracks[0];
+    assert_eq!(
+        (vocals["gain_db"].as_f64(), vocals["pan"].as_f64()),
+        (Some(-6.0), Some(-0.5))
+    );
+    assert_eq!(vocals["mute"], true);
+    let clip = &vocals["clips"][0];
+    assert_eq!(clip["start"], 120_000, "--at 2.5 s at 48 kHz");
+    assert_eq!(
+        clip["length"].as_u64().unwrap() as usize,
+        read_wav(Path::new(&format!("{ALSA_SOUNDS}/Noise.wav"))).frames()
+    );
+    assert_eq!(tracks[1]["clips"][0]["length"], 68_545);
+    assert_eq!(v["stories"][0]["author"], "Lina");
+    assert_eq!(v["stories"][0]["site"], "Test Site");
+    assert_eq!(v["lyrics"], "la la 🎵 land\n");
+    // The same state after a fresh process reads it back.
+    assert_eq!(s.show("Rain Song"), v);
+}
+
+#[test]
+fn negative_numbers_are_values_not_flags() {
+    let s = Studio::new();
+    s.ok(&["project", "new", "P"]);
+    s.ok(&["track", "add", "P", "Bass"]);
+    s.ok(&["track", "set", "P", "Bass", "--gain", "-12.5"]);
+    s.ok(&["track", "set", "P", "Bass", "--pan", "-1"]);
+    let t = &s.show("P")["tracks"][0];
+    assert_eq!(
+        (t["gain_db"].as_f64(), t["pan"].as_f64()),
+        (Some(-12.5), Some(-1.0))
+    );
+    assert!(
+        s.fails(&["track", "set", "P", "Bass", "--pan", "-1.5"])
+            .contains("pan")
+    );
+}
+
+#[test]
+fn names_resolve_by_id_prefix_or_unique_name() {
+    let s = Studio::new();
+    let a = s.json(&["project", "new", "Twin"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = s.json(&["project", "new", "Twin"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let err = s.fails(&["project", "show", "Twin"]);
+    assert!(
+        err.contains(&a) && err.contains(&b),
+        "lists the candidates: {err}"
+    );
+    assert_eq!(s.show(&a[..6])["id"], a.as_str());
+    assert!(
+        s.fails(&["project", "show", "Nope"])
+            .contains("no project named")
+    );
+    s.ok(&["track", "add", &a, "Keys"]);
+    assert!(
+        s.fails(&["track", "rm", &a, "Drums"])
+            .contains("no track named")
+    );
+    s.ok(&["track", "rm", &a, "Keys"]);
+    assert!(s.show(&a)["tracks"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_bad_import_changes_nothing() {
+    let s = Studio::new();
+    s.ok(&["project", "new", "P"]);
+    let before = s.show("P");
+    let junk = s.path().join("junk.wav");
+    std::fs::write(&junk, b"definitely not audio").unwrap();
+    let err = s.fails(&["import", "P", junk.to_str().unwrap()]);
+    assert!(
+        err.contains("junk.wav") && err.contains("not an audio file"),
+        "{err}"
+    );
+    assert_eq!(s.show("P"), before);
+    let scratch = s.path().join("tmp");
+    assert!(
+        !scratch.exists() || listing(&scratch).is_empty(),
+        "no scratch files left"
+    );
+}
