@@ -7,4 +7,5 @@ mod support;
 
 mod codec_cli;
 mod codec_errors;
+mod mixdown;
 mod studio;

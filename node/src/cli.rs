@@ -6,7 +6,6 @@
 mod decode;
 mod encode;
 mod job;
-mod output;
 mod probe;
 mod progress;
 mod studio;
@@ -89,6 +88,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Bounce a project to one stereo 48 kHz file, from its Opus stems.
+    Mixdown(MixdownArgs),
     /// Stories and notes traded between sites.
     Story {
         #[command(subcommand)]
@@ -105,6 +106,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
+struct MixdownArgs {
+    project: String,
+    /// The file to write: .wav or .opus.
+    out: PathBuf,
+    /// WAV sample format.
+    #[arg(long, value_enum, default_value = "s16")]
+    format: SampleFormat,
+    /// Bring the mix to this integrated loudness (LUFS, e.g. -14), never
+    /// letting the true peak above -1 dBTP.
+    #[arg(long, value_name = "LUFS")]
+    normalize: Option<f64>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +301,21 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
                 None => None,
             };
             (R::Lyrics { project, set }, json)
+        }
+        Command::Mixdown(a) => {
+            let format = match a.format {
+                SampleFormat::S16 => crate::request::SampleFormat::S16,
+                SampleFormat::S24 => crate::request::SampleFormat::S24,
+                SampleFormat::F32 => crate::request::SampleFormat::F32,
+            };
+            let out = std::path::absolute(&a.out).unwrap_or(a.out);
+            let request = R::Mixdown {
+                project: a.project,
+                out,
+                format,
+                normalize: a.normalize,
+            };
+            (request, a.json)
         }
         Command::Encode(_) | Command::Decode(_) | Command::Probe(_) => {
             unreachable!("handled above")

@@ -1,5 +1,6 @@
 //! `meshstudio`: the command-line face of a meshstudio node.
 
+mod atomic;
 mod audio;
 mod cli;
 mod project;

@@ -3,6 +3,7 @@
 //! carry the same requests. Owns name resolution, the order of durable
 //! steps (blob → tag → sync → commit → acknowledge) and failpoints.
 
+mod bounce;
 mod context;
 mod failpoint;
 mod imports;
@@ -14,6 +15,7 @@ use meshstudio_codec::Observer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use bounce::SampleFormat;
 pub use context::Context;
 
 use crate::project::doc::{self, add_track, key};
@@ -64,6 +66,12 @@ pub enum Request {
     Lyrics {
         project: String,
         set: Option<String>,
+    },
+    Mixdown {
+        project: String,
+        out: PathBuf,
+        format: SampleFormat,
+        normalize: Option<f64>,
     },
 }
 
@@ -135,6 +143,12 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
         ),
         Request::StoryAdd { project, text } => story_add(ctx, &project, &text),
         Request::Lyrics { project, set } => lyrics(ctx, &project, set.as_deref()),
+        Request::Mixdown {
+            project,
+            out,
+            format,
+            normalize,
+        } => bounce::run(ctx, &project, &out, format, normalize, progress),
     }
 }
 

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use meshstudio_codec::{AudioReader, CodecError};
 
-use super::output::{AtomicFile, TrackedWriter};
 use super::{Failure, report};
+use crate::atomic::{AtomicFile, TrackedWriter};
 
 /// Why one file failed; decides the wording of the error line.
 pub(crate) enum JobError {

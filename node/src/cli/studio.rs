@@ -95,8 +95,9 @@ pub fn absolute(paths: Vec<PathBuf>) -> Vec<PathBuf> {
 /// Runs one request against the data dir and prints its reply.
 pub fn run(data_dir: &Path, request: Request, json: bool) -> Result<(), Failure> {
     let mut ctx = Context::new(data_dir.to_path_buf());
-    let bars = Bars::new(progress::wanted(json) && matches!(request, Request::Import { .. }));
-    let observer = bars.file(Path::new("import"));
+    let long_work = matches!(request, Request::Import { .. } | Request::Mixdown { .. });
+    let bars = Bars::new(progress::wanted(json) && long_work);
+    let observer = bars.file(Path::new(label(&request)));
     let human = describe(&request);
     let result = execute(&mut ctx, request, &observer);
     observer.done();
@@ -112,6 +113,13 @@ pub fn run(data_dir: &Path, request: Request, json: bool) -> Result<(), Failure>
         print_human(human, &reply);
     }
     Ok(())
+}
+
+fn label(r: &Request) -> &'static str {
+    match r {
+        Request::Mixdown { .. } => "mixdown",
+        _ => "import",
+    }
 }
 
 /// Which human rendering a reply gets.

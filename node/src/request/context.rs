@@ -72,6 +72,22 @@ impl Context {
         Ok(rt.block_on(blobs.import_file(path))?)
     }
 
+    pub fn has_blob(&mut self, hash: Hash) -> Result<bool> {
+        self.blobs()?;
+        let (Some(blobs), Some(rt)) = (&self.blobs, &self.runtime) else {
+            unreachable!("blobs() opened both");
+        };
+        Ok(rt.block_on(blobs.has(hash))?)
+    }
+
+    pub fn export_blob(&mut self, hash: Hash, target: &Path) -> Result<()> {
+        self.blobs()?;
+        let (Some(blobs), Some(rt)) = (&self.blobs, &self.runtime) else {
+            unreachable!("blobs() opened both");
+        };
+        Ok(rt.block_on(blobs.export(hash, target))?)
+    }
+
     pub fn init(&mut self, site: Option<&str>) -> Result<Value> {
         let (secret, created) = init_identity(&self.data_dir)?;
         let store = self.store()?;

@@ -1,4 +1,4 @@
-//! Output files appear whole or not at all: written to a temp file next to
+//! Files appear whole or not at all: written to a temp file next to
 //! the target, synced, then renamed over it. Dropping an `AtomicFile`
 //! (error, Ctrl-C) deletes the temp file.
 
