@@ -223,3 +223,79 @@ fn a_bad_import_changes_nothing() {
         "no scratch files left"
     );
 }
+
+#[test]
+fn undo_and_redo_work_across_processes() {
+    let s = Studio::new();
+    s.ok(&["project", "new", "P"]);
+    s.ok(&["import", "P", &format!("{ALSA_SOUNDS}/Front_Left.wav")]);
+    s.ok(&["track", "set", "P", "Front_Left", "--gain", "-6"]);
+    s.ok(&["clip", "move", "P", "Front_Left.wav", "--to", "2"]);
+    let moved = s.show("P");
+    assert_eq!(moved["tracks"][0]["clips"][0]["start"], 96_000);
+    s.ok(&["undo", "P"]);
+    assert_eq!(s.show("P")["tracks"][0]["clips"][0]["start"], 0);
+    s.ok(&["undo", "P"]);
+    assert_eq!(s.show("P")["tracks"][0]["gain_db"].as_f64(), Some(0.0));
+    s.ok(&["redo", "P"]);
+    s.ok(&["redo", "P"]);
+    assert_eq!(s.show("P"), moved);
+    assert!(s.fails(&["redo", "P"]).contains("nothing to redo"));
+    // A new edit after an undo ends the redo chain.
+    s.ok(&["undo", "P"]);
+    s.ok(&["track", "set", "P", "Front_Left", "--pan", "0.5"]);
+    assert!(s.fails(&["redo", "P"]).contains("nothing to redo"));
+    // Undo all the way back removes the imported track too.
+    for _ in 0..3 {
+        s.ok(&["undo", "P"]);
+    }
+    assert!(s.show("P")["tracks"].as_array().unwrap().is_empty());
+    assert!(s.fails(&["undo", "P"]).contains("nothing to undo"));
+}
+
+#[test]
+fn clips_move_trim_and_go() {
+    let s = Studio::new();
+    s.ok(&["project", "new", "P"]);
+    s.ok(&[
+        "import",
+        "P",
+        &format!("{ALSA_SOUNDS}/Front_Left.wav"),
+        "--at",
+        "1",
+    ]);
+    let clip = |s: &Studio| s.show("P")["tracks"][0]["clips"][0].clone();
+    let before = clip(&s);
+    s.ok(&[
+        "clip",
+        "trim",
+        "P",
+        "Front_Left.wav",
+        "--head",
+        "0.25",
+        "--tail",
+        "0.5",
+    ]);
+    let after = clip(&s);
+    assert_eq!(after["start"], 48_000 + 12_000);
+    assert_eq!(after["offset"], 12_000);
+    assert_eq!(
+        after["length"].as_i64().unwrap(),
+        before["length"].as_i64().unwrap() - 36_000
+    );
+    assert!(
+        s.fails(&["clip", "trim", "P", "Front_Left.wav", "--head", "60"])
+            .contains("leaves nothing")
+    );
+    assert!(
+        s.fails(&["clip", "move", "P", "Front_Left.wav", "--to", "-1"])
+            .contains("--to")
+    );
+    s.ok(&["clip", "rm", "P", "Front_Left.wav"]);
+    assert!(
+        s.show("P")["tracks"][0]["clips"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -72,6 +72,7 @@ enum Command {
         json: bool,
     },
     /// Import audio files into a project as stems.
+    #[command(allow_negative_numbers = true)]
     ///
     /// Without --track each file gets a new track named after it; with
     /// --track all files go on that track (created if needed), one after another.
@@ -85,6 +86,25 @@ enum Command {
         /// Where in the song the first clip starts.
         #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
         at: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move, trim and remove clips. Clips are named by id, id prefix, or source file name.
+    Clip {
+        #[command(subcommand)]
+        cmd: studio::ClipCmd,
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Undo this node's last edit to a project (never another site's).
+    Undo {
+        project: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Redo the last undone edit.
+    Redo {
+        project: String,
         #[arg(long)]
         json: bool,
     },
@@ -231,7 +251,7 @@ pub fn main() -> ExitCode {
 /// Runs a command that works on the node's data.
 fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Result<(), Failure> {
     use crate::request::Request as R;
-    use studio::{ProjectCmd, StoryCmd, TrackCmd};
+    use studio::{ClipCmd, ProjectCmd, StoryCmd, TrackCmd};
     let dir =
         meshstudio_store::resolve_data_dir(data_dir).map_err(|e| report_line(&e.to_string()))?;
     let (request, json) = match command {
@@ -302,6 +322,33 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
             };
             (R::Lyrics { project, set }, json)
         }
+        Command::Clip { cmd, json } => match cmd {
+            ClipCmd::Move { project, clip, to } => (
+                R::ClipMove {
+                    project,
+                    clip,
+                    to_seconds: to,
+                },
+                json,
+            ),
+            ClipCmd::Trim {
+                project,
+                clip,
+                head,
+                tail,
+            } => (
+                R::ClipTrim {
+                    project,
+                    clip,
+                    head_seconds: head,
+                    tail_seconds: tail,
+                },
+                json,
+            ),
+            ClipCmd::Rm { project, clip } => (R::ClipRm { project, clip }, json),
+        },
+        Command::Undo { project, json } => (R::Undo { project }, json),
+        Command::Redo { project, json } => (R::Redo { project }, json),
         Command::Mixdown(a) => {
             let format = match a.format {
                 SampleFormat::S16 => crate::request::SampleFormat::S16,

@@ -6,7 +6,8 @@
 //! remote updates arrive here as bytes with the `NET` origin.
 
 pub mod doc;
+pub mod ops;
 pub mod view;
 
-pub use doc::{ProjectDoc, TrackFields};
+pub use doc::ProjectDoc;
 pub use view::ProjectView;

@@ -4,10 +4,12 @@
 //! steps (blob → tag → sync → commit → acknowledge) and failpoints.
 
 mod bounce;
+mod clips;
 mod context;
 mod failpoint;
 mod imports;
 mod resolve;
+mod undo;
 
 use std::path::PathBuf;
 
@@ -18,8 +20,9 @@ use serde_json::{Value, json};
 pub use bounce::SampleFormat;
 pub use context::Context;
 
-use crate::project::doc::{self, add_track, key};
-use crate::project::{ProjectDoc, ProjectView, TrackFields};
+use crate::project::doc::{self, key};
+use crate::project::ops::{self, Change, Fields, UndoEntry};
+use crate::project::{ProjectDoc, ProjectView};
 
 /// An operation on the node's data. Paths are absolute.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +69,27 @@ pub enum Request {
     Lyrics {
         project: String,
         set: Option<String>,
+    },
+    ClipMove {
+        project: String,
+        clip: String,
+        to_seconds: f64,
+    },
+    ClipTrim {
+        project: String,
+        clip: String,
+        head_seconds: f64,
+        tail_seconds: f64,
+    },
+    ClipRm {
+        project: String,
+        clip: String,
+    },
+    Undo {
+        project: String,
+    },
+    Redo {
+        project: String,
     },
     Mixdown {
         project: String,
@@ -143,6 +167,20 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
         ),
         Request::StoryAdd { project, text } => story_add(ctx, &project, &text),
         Request::Lyrics { project, set } => lyrics(ctx, &project, set.as_deref()),
+        Request::ClipMove {
+            project,
+            clip,
+            to_seconds,
+        } => clips::move_to(ctx, &project, &clip, to_seconds),
+        Request::ClipTrim {
+            project,
+            clip,
+            head_seconds,
+            tail_seconds,
+        } => clips::trim(ctx, &project, &clip, head_seconds, tail_seconds),
+        Request::ClipRm { project, clip } => clips::remove(ctx, &project, &clip),
+        Request::Undo { project } => undo::step(ctx, &project, false),
+        Request::Redo { project } => undo::step(ctx, &project, true),
         Request::Mixdown {
             project,
             out,
@@ -190,31 +228,31 @@ fn project_list(ctx: &mut Context) -> Result<Value> {
     Ok(Value::Array(out))
 }
 
-/// Persists a local edit's update (and nothing if it changed nothing).
-pub(crate) fn commit(ctx: &mut Context, project: &ProjectDoc, update: &[u8]) -> Result<()> {
-    if is_empty_update(update) {
-        return Ok(());
+/// Applies a local edit and persists it with its undo entry, in one
+/// database transaction; a new edit ends any redo chain.
+pub(crate) fn edit(
+    ctx: &mut Context,
+    p: &ProjectDoc,
+    label: &str,
+    changes: Vec<Change>,
+) -> Result<UndoEntry> {
+    let (entry, update) = p.edit(|txn, roots| ops::apply_all(txn, roots, label, changes));
+    if entry.forward.is_empty() {
+        return Ok(entry);
     }
-    ctx.store()?
-        .write(|w| w.append_update(&project.id, update).map(|_| ()))?;
-    Ok(())
-}
-
-/// A v1 update with no structs and no deletions: `[0, 0]`.
-fn is_empty_update(update: &[u8]) -> bool {
-    update == [0, 0]
-}
-
-fn track_add(ctx: &mut Context, project: &str, name: &str) -> Result<Value> {
-    let p = writable(ctx, project)?;
-    let fields = TrackFields {
-        name: name.to_string(),
-        order: next_order(&p),
-        kind: "audio",
-    };
-    let (id, update) = p.edit(|txn, roots| add_track(txn, roots, &fields));
-    commit(ctx, &p, &update)?;
-    Ok(json!({ "project": p.id, "track": id, "name": name }))
+    let store = ctx.store()?;
+    let redo_from = undo::redo_chain(&undo::entries(store, &p.id)?)
+        .first()
+        .map(|(seq, _)| *seq);
+    let bytes = serde_json::to_vec(&entry).expect("entries serialize");
+    store.write(|w| {
+        w.append_update(&p.id, &update)?;
+        if let Some(seq) = redo_from {
+            w.truncate_undo(&p.id, seq)?;
+        }
+        w.push_undo(&p.id, &bytes).map(|_| ())
+    })?;
+    Ok(entry)
 }
 
 /// Loads a project for editing.
@@ -230,6 +268,32 @@ pub(crate) fn next_order(p: &ProjectDoc) -> f64 {
     view.tracks.iter().map(|t| t.order).fold(0.0, f64::max) + 1.0
 }
 
+/// The fields of a new, empty track.
+pub(crate) fn new_track(name: &str, order: f64) -> Fields {
+    Fields::from([
+        (key::NAME.into(), json!(name)),
+        (key::ORDER.into(), json!(order)),
+        (key::GAIN_DB.into(), json!(0.0)),
+        (key::PAN.into(), json!(0.0)),
+        (key::MUTE.into(), json!(false)),
+        (key::SOLO.into(), json!(false)),
+        (key::KIND.into(), json!("audio")),
+    ])
+}
+
+fn track_add(ctx: &mut Context, project: &str, name: &str) -> Result<Value> {
+    let p = writable(ctx, project)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let fields = new_track(name, next_order(&p));
+    let add = Change::AddTrack {
+        track: id.clone(),
+        fields,
+        clips: Default::default(),
+    };
+    edit(ctx, &p, &format!("add track {name}"), vec![add])?;
+    Ok(json!({ "project": p.id, "track": id, "name": name }))
+}
+
 fn track_set(ctx: &mut Context, project: &str, track: &str, c: &TrackChanges) -> Result<Value> {
     if let Some(pan) = c.pan.filter(|p| !PAN_RANGE.contains(p)) {
         return Err(RequestError::Invalid(format!("pan {pan} is outside -1..1")));
@@ -240,35 +304,36 @@ fn track_set(ctx: &mut Context, project: &str, track: &str, c: &TrackChanges) ->
         )));
     }
     let p = writable(ctx, project)?;
-    let (id, m) = resolve::track(&p, track)?;
-    let (_, update) = p.edit(|txn, _| {
-        use yrs::Map;
-        if let Some(v) = &c.name {
-            m.try_update(txn, key::NAME, v.as_str());
-        }
-        for (k, v) in [(key::GAIN_DB, c.gain_db), (key::PAN, c.pan)] {
-            if let Some(v) = v {
-                m.try_update(txn, k, v);
-            }
-        }
-        for (k, v) in [(key::MUTE, c.mute), (key::SOLO, c.solo)] {
-            if let Some(v) = v {
-                m.try_update(txn, k, v);
-            }
-        }
-    });
-    commit(ctx, &p, &update)?;
+    let (id, _) = resolve::track(&p, track)?;
+    let set = |k: &str, v: Value| Change::SetTrack {
+        track: id.clone(),
+        key: k.into(),
+        value: v,
+        expect: None,
+    };
+    let changes: Vec<Change> = [
+        c.name.as_ref().map(|v| set(key::NAME, json!(v))),
+        c.gain_db.map(|v| set(key::GAIN_DB, json!(v))),
+        c.pan.map(|v| set(key::PAN, json!(v))),
+        c.mute.map(|v| set(key::MUTE, json!(v))),
+        c.solo.map(|v| set(key::SOLO, json!(v))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    edit(ctx, &p, "change track", changes)?;
     Ok(json!({ "project": p.id, "track": id }))
 }
 
 fn track_rm(ctx: &mut Context, project: &str, track: &str) -> Result<Value> {
     let p = writable(ctx, project)?;
     let (id, _) = resolve::track(&p, track)?;
-    let (_, update) = p.edit(|txn, roots| {
-        use yrs::Map;
-        roots.tracks.remove(txn, &id);
-    });
-    commit(ctx, &p, &update)?;
+    edit(
+        ctx,
+        &p,
+        "remove track",
+        vec![Change::RemoveTrack { track: id.clone() }],
+    )?;
     Ok(json!({ "project": p.id, "removed": id }))
 }
 
@@ -277,17 +342,21 @@ fn story_add(ctx: &mut Context, project: &str, text: &str) -> Result<Value> {
     let site = ctx.store()?.setting("site")?.unwrap_or_default();
     let p = writable(ctx, project)?;
     let id = uuid::Uuid::new_v4().to_string();
-    let (_, update) = p.edit(|txn, roots| {
-        use yrs::{In, Map, MapPrelim};
-        let story = MapPrelim::from([
-            (key::AUTHOR, In::from(author.as_str())),
-            (key::SITE, In::from(site.as_str())),
-            (key::TIME, In::from(now_ms())),
-            (key::TEXT, In::from(text)),
-        ]);
-        roots.stories.insert(txn, id.clone(), story);
-    });
-    commit(ctx, &p, &update)?;
+    let fields = Fields::from([
+        (key::AUTHOR.into(), json!(author)),
+        (key::SITE.into(), json!(site)),
+        (key::TIME.into(), json!(now_ms())),
+        (key::TEXT.into(), json!(text)),
+    ]);
+    edit(
+        ctx,
+        &p,
+        "add story",
+        vec![Change::AddStory {
+            story: id.clone(),
+            fields,
+        }],
+    )?;
     Ok(json!({ "project": p.id, "story": id }))
 }
 
@@ -296,8 +365,11 @@ fn lyrics(ctx: &mut Context, project: &str, set: Option<&str>) -> Result<Value> 
         None => resolve::project(ctx.store()?, project)?,
         Some(text) => {
             let p = writable(ctx, project)?;
-            let (_, update) = p.edit(|txn, roots| doc::set_lyrics(txn, roots, text));
-            commit(ctx, &p, &update)?;
+            let change = Change::SetLyrics {
+                text: text.to_string(),
+                expect: None,
+            };
+            edit(ctx, &p, "set lyrics", vec![change])?;
             p
         }
     };

@@ -53,6 +53,32 @@ pub enum TrackCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClipCmd {
+    /// Move a clip to start at SECONDS in the song.
+    #[command(allow_negative_numbers = true)]
+    Move {
+        project: String,
+        clip: String,
+        #[arg(long, value_name = "SECONDS")]
+        to: f64,
+    },
+    /// Cut the start (--head) and/or end (--tail) off a clip.
+    #[command(allow_negative_numbers = true)]
+    Trim {
+        project: String,
+        clip: String,
+        /// Seconds to cut from the start; the rest stays where it played.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+        head: f64,
+        /// Seconds to cut from the end.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+        tail: f64,
+    },
+    /// Remove a clip (its stem stays until `gc`).
+    Rm { project: String, clip: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum StoryCmd {
     /// Add a story or note for the other sites.
     Add { project: String, text: String },

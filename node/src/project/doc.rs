@@ -12,8 +12,8 @@
 use meshstudio_store::{Store, StoreError, StoredDoc};
 use yrs::updates::decoder::Decode;
 use yrs::{
-    Any, Doc, GetString, In, Map, MapPrelim, MapRef, OffsetKind, Options, Out, ReadTxn, Text,
-    TextRef, Transact, TransactionMut, Update,
+    Any, Doc, GetString, Map, MapRef, OffsetKind, Options, Out, ReadTxn, Text, TextRef, Transact,
+    TransactionMut, Update,
 };
 
 /// Origin of edits made on this node (undo tracks these only).
@@ -93,14 +93,6 @@ pub struct ProjectDoc {
     pub id: String,
     pub doc: Doc,
     pub roots: Roots,
-}
-
-/// Fields of a track as written on creation.
-#[derive(Debug, Clone)]
-pub struct TrackFields {
-    pub name: String,
-    pub order: f64,
-    pub kind: &'static str,
 }
 
 fn new_doc(client_id: u64) -> Doc {
@@ -217,23 +209,6 @@ fn apply_stored(doc: &Doc, id: &str, stored: &StoredDoc) -> Result<(), ProjectEr
         txn.apply_update(update).map_err(|e| bad(e.to_string()))?;
     }
     Ok(())
-}
-
-/// Creates a track with its `clips` map in one transaction; returns its id.
-pub fn add_track(txn: &mut TransactionMut, roots: &Roots, fields: &TrackFields) -> String {
-    let id = uuid::Uuid::new_v4().to_string();
-    let prelim = MapPrelim::from([
-        (key::NAME, In::from(fields.name.as_str())),
-        (key::ORDER, In::from(fields.order)),
-        (key::GAIN_DB, In::from(0.0)),
-        (key::PAN, In::from(0.0)),
-        (key::MUTE, In::from(false)),
-        (key::SOLO, In::from(false)),
-        (key::KIND, In::from(fields.kind)),
-        (key::CLIPS, In::from(MapPrelim::default())),
-    ]);
-    roots.tracks.insert(txn, id.clone(), prelim);
-    id
 }
 
 /// A nested map under `parent[key]`, if it is one.

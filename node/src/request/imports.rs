@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use meshstudio_codec::{AudioReader, CodecError, EncodeReport, Observer, encode_opus};
 use meshstudio_store::Hash;
 use serde_json::{Value, json};
-use yrs::{In, Map, MapPrelim};
 
 use super::failpoint;
-use super::{Context, RequestError, Result, commit, next_order, writable};
-use crate::project::doc::{add_track, child_map, key};
-use crate::project::{ProjectDoc, ProjectView, TrackFields};
+use super::{Context, RequestError, Result, edit, new_track, next_order, writable};
+use crate::project::doc::key;
+use crate::project::ops::{Change, Fields};
+use crate::project::{ProjectDoc, ProjectView};
 
 /// Scratch space for encodes, inside the data dir (same filesystem as the blobs).
 const SCRATCH_DIR: &str = "tmp";
@@ -112,43 +112,38 @@ fn add_clip(
     file: &Path,
 ) -> Result<(String, String)> {
     let existing = if reuse { find_track(p, name)? } else { None };
-    let order = next_order(p);
-    let clip_id = uuid::Uuid::new_v4().to_string();
-    let (track_id, update) = p.edit(|txn, roots| {
-        let track_id = existing.clone().unwrap_or_else(|| {
-            add_track(
-                txn,
-                roots,
-                &TrackFields {
-                    name: name.to_string(),
-                    order,
-                    kind: "audio",
-                },
-            )
+    let mut changes = Vec::new();
+    let track_id = existing.unwrap_or_else(|| {
+        let id = uuid::Uuid::new_v4().to_string();
+        let fields = new_track(name, next_order(p));
+        changes.push(Change::AddTrack {
+            track: id.clone(),
+            fields,
+            clips: Default::default(),
         });
-        let track = child_map(txn, &roots.tracks, &track_id).expect("present or just created");
-        let clips = child_map(txn, &track, key::CLIPS).expect("created with the track");
-        let clip = MapPrelim::from([
-            (key::BLOB, In::from(stem.hash.to_hex().to_string())),
-            (key::CHANNELS, In::from(stem.report.channels as i64)),
-            (key::START, In::from(start)),
-            (key::OFFSET, In::from(0i64)),
-            (key::LENGTH, In::from(stem.report.frames as i64)),
-            (key::GAIN_DB, In::from(0.0)),
-            (key::FADE_IN, In::from(0i64)),
-            (key::FADE_OUT, In::from(0i64)),
-            (
-                key::SOURCE,
-                In::from(
-                    file.file_name()
-                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                ),
-            ),
-        ]);
-        clips.insert(txn, clip_id.clone(), clip);
-        track_id
+        id
     });
-    commit(ctx, p, &update)?;
+    let clip_id = uuid::Uuid::new_v4().to_string();
+    let source = file
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let fields = Fields::from([
+        (key::BLOB.into(), json!(stem.hash.to_hex().to_string())),
+        (key::CHANNELS.into(), json!(stem.report.channels)),
+        (key::START.into(), json!(start)),
+        (key::OFFSET.into(), json!(0)),
+        (key::LENGTH.into(), json!(stem.report.frames)),
+        (key::GAIN_DB.into(), json!(0.0)),
+        (key::FADE_IN.into(), json!(0)),
+        (key::FADE_OUT.into(), json!(0)),
+        (key::SOURCE.into(), json!(source)),
+    ]);
+    changes.push(Change::AddClip {
+        track: track_id.clone(),
+        clip: clip_id.clone(),
+        fields,
+    });
+    edit(ctx, p, &format!("import {source}"), changes)?;
     Ok((track_id, clip_id))
 }
 

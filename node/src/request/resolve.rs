@@ -69,6 +69,31 @@ pub fn track(p: &ProjectDoc, arg: &str) -> Result<(String, MapRef)> {
     Ok((id, map))
 }
 
+/// (track id, clip id) of the clip `arg` names (its id, an id prefix, or
+/// its source file name if unique).
+pub fn clip(p: &ProjectDoc, arg: &str) -> Result<(String, String)> {
+    let view = ProjectView::of(p);
+    let clips: Vec<(String, String, String)> = view
+        .tracks
+        .iter()
+        .flat_map(|t| {
+            t.clips
+                .iter()
+                .map(|c| (t.id.clone(), c.id.clone(), c.source.clone()))
+        })
+        .collect();
+    let candidates: Vec<_> = clips
+        .iter()
+        .map(|(_, c, s)| (c.clone(), s.clone()))
+        .collect();
+    let id = pick("clip", arg, &candidates)?;
+    let (track, _, _) = clips
+        .into_iter()
+        .find(|(_, c, _)| *c == id)
+        .expect("picked from these");
+    Ok((track, id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,83 @@
+//! `clip move|trim|rm`: placing and cutting clips on the timeline. Times
+//! come in seconds and are stored as 48 kHz frames.
+
+use serde_json::{Value, json};
+
+use super::{Context, RequestError, Result, edit, resolve, writable};
+use crate::project::ProjectView;
+use crate::project::doc::key;
+use crate::project::ops::Change;
+
+const FRAMES_PER_SECOND: f64 = 48_000.0;
+
+fn frames(seconds: f64, what: &str) -> Result<i64> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(RequestError::Invalid(format!(
+            "{what} {seconds} is not a time in the song"
+        )));
+    }
+    Ok((seconds * FRAMES_PER_SECOND).round() as i64)
+}
+
+fn set(track: &str, clip: &str, k: &str, v: i64) -> Change {
+    Change::SetClip {
+        track: track.into(),
+        clip: clip.into(),
+        key: k.into(),
+        value: json!(v),
+        expect: None,
+    }
+}
+
+pub fn move_to(ctx: &mut Context, project: &str, clip: &str, to_seconds: f64) -> Result<Value> {
+    let start = frames(to_seconds, "--to")?;
+    let p = writable(ctx, project)?;
+    let (t, c) = resolve::clip(&p, clip)?;
+    edit(ctx, &p, "move clip", vec![set(&t, &c, key::START, start)])?;
+    Ok(json!({ "project": p.id, "clip": c, "start": start }))
+}
+
+/// Cuts `head` seconds off the clip's start (it stays where it played)
+/// and `tail` seconds off its end.
+pub fn trim(ctx: &mut Context, project: &str, clip: &str, head: f64, tail: f64) -> Result<Value> {
+    let (head, tail) = (frames(head, "--head")?, frames(tail, "--tail")?);
+    let p = writable(ctx, project)?;
+    let (t, c) = resolve::clip(&p, clip)?;
+    let view = ProjectView::of(&p);
+    let current = view
+        .tracks
+        .iter()
+        .flat_map(|t| &t.clips)
+        .find(|x| x.id == c)
+        .expect("resolved");
+    let length = current.length - head - tail;
+    if length <= 0 {
+        return Err(RequestError::Invalid(format!(
+            "trimming {:.3} s from a {:.3} s clip leaves nothing",
+            (head + tail) as f64 / FRAMES_PER_SECOND,
+            current.length as f64 / FRAMES_PER_SECOND
+        )));
+    }
+    let changes = vec![
+        set(&t, &c, key::START, current.start + head),
+        set(&t, &c, key::OFFSET, current.offset + head),
+        set(&t, &c, key::LENGTH, length),
+    ];
+    edit(ctx, &p, "trim clip", changes)?;
+    Ok(json!({ "project": p.id, "clip": c, "start": current.start + head, "length": length }))
+}
+
+pub fn remove(ctx: &mut Context, project: &str, clip: &str) -> Result<Value> {
+    let p = writable(ctx, project)?;
+    let (t, c) = resolve::clip(&p, clip)?;
+    edit(
+        ctx,
+        &p,
+        "remove clip",
+        vec![Change::RemoveClip {
+            track: t,
+            clip: c.clone(),
+        }],
+    )?;
+    Ok(json!({ "project": p.id, "removed": c }))
+}
