@@ -299,3 +299,194 @@ fn clips_move_trim_and_go() {
             .is_empty()
     );
 }
+
+#[test]
+fn gc_removes_only_what_no_project_uses() {
+    let s = Studio::new();
+    s.ok(&["project", "new", "P"]);
+    s.ok(&[
+        "import",
+        "P",
+        &format!("{ALSA_SOUNDS}/Front_Left.wav"),
+        &format!("{ALSA_SOUNDS}/Front_Right.wav"),
+    ]);
+    // An orphan: the blob is stored, the process dies before the clip commits.
+    let orphan = meshstudio()
+        .arg("--data-dir")
+        .arg(s.path())
+        .args(["import", "P", &format!("{ALSA_SOUNDS}/Noise.wav")])
+        .env("MESHSTUDIO_FAILPOINT", "after-blob")
+        .output()
+        .unwrap();
+    assert!(!orphan.status.success());
+    s.ok(&["clip", "rm", "P", "Front_Right.wav"]);
+    let report = s.json(&["gc"]);
+    assert_eq!(report["referenced"], 1);
+    assert_eq!(
+        report["tags_dropped"], 2,
+        "the removed clip's and the orphan's"
+    );
+    assert_eq!(report["blobs_after"], 1);
+    // What is still used still mixes.
+    let out = s.path().join("after-gc.wav");
+    s.ok(&["mixdown", "P", out.to_str().unwrap()]);
+    assert_eq!(
+        s.json(&["gc"])["tags_dropped"],
+        0,
+        "a second gc finds nothing"
+    );
+}
+
+#[test]
+fn export_stems_writes_one_aligned_wav_per_track() {
+    let s = Studio::new();
+    s.ok(&["project", "new", "P"]);
+    s.ok(&["import", "P", &format!("{ALSA_SOUNDS}/Front_Left.wav")]);
+    s.ok(&[
+        "import",
+        "P",
+        &format!("{ALSA_SOUNDS}/Rear_Left.wav"),
+        "--at",
+        "1",
+    ]);
+    s.ok(&["track", "set", "P", "Front_Left", "--mute"]);
+    let dir = s.path().join("stems");
+    s.ok(&["export-stems", "P", dir.to_str().unwrap()]);
+    let files = listing(&dir);
+    assert_eq!(files, ["01 Front_Left.wav", "02 Rear_Left.wav"]);
+    let rear = read_wav(&Path::new(ALSA_SOUNDS).join("Rear_Left.wav")).frames();
+    let a = read_wav(&dir.join(&files[0]));
+    let b = read_wav(&dir.join(&files[1]));
+    assert_eq!(a.frames(), 48_000 + rear, "both as long as the song");
+    assert_eq!(b.frames(), a.frames());
+    let peak = |x: &[f32]| x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        peak(&a.samples) > 0.05,
+        "mute does not silence an exported stem"
+    );
+    assert!(
+        peak(&b.channel(0)[..47_000]) < 1e-4,
+        "the second track starts at 1 s"
+    );
+}
+
+#[test]
+fn a_database_in_use_is_reported_not_waited_on() {
+    let s = Studio::new();
+    s.ok(&["project", "new", "P"]);
+    let long = s.path().join("long.wav");
+    tool(
+        "sox",
+        &[
+            "-R",
+            "-n",
+            "-r",
+            "44100",
+            "-c",
+            "2",
+            long.to_str().unwrap(),
+            "synth",
+            "240",
+            "pinknoise",
+        ],
+    );
+    let mut import = meshstudio()
+        .arg("--data-dir")
+        .arg(s.path())
+        .args(["import", "P", long.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let scratch = s.path().join("tmp");
+    wait_until(
+        std::time::Duration::from_secs(30),
+        "the import to start encoding",
+        || scratch.exists() && !listing(&scratch).is_empty(),
+    );
+    let err = s.fails(&["project", "list"]);
+    assert!(
+        err.contains("in use by another meshstudio process"),
+        "{err}"
+    );
+    assert!(import.wait().unwrap().success());
+    assert_eq!(s.show("P")["tracks"].as_array().unwrap().len(), 1);
+}
+
+/// A tmpfs of `megabytes` mounted at a new dir; unmounted on drop.
+struct TinyDisk {
+    dir: tempfile::TempDir,
+}
+
+impl TinyDisk {
+    fn new(megabytes: u32) -> Self {
+        let dir = tempdir();
+        let size = format!("size={megabytes}m");
+        tool(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &size,
+                "tmpfs",
+                dir.path().to_str().unwrap(),
+            ],
+        );
+        TinyDisk { dir }
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_changes_nothing() {
+    // Root is needed to mount a tmpfs; CI runs as root.
+    let disk = TinyDisk::new(4);
+    let data = disk.dir.path().join("node");
+    let run = |args: &[&str]| {
+        meshstudio()
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    assert!(run(&["project", "new", "P"]).status.success());
+    let show = || run(&["project", "show", "P", "--json"]).stdout;
+    let before = show();
+    let big = tempdir();
+    let wav = big.path().join("ten-minutes.wav");
+    tool(
+        "sox",
+        &[
+            "-R",
+            "-n",
+            "-r",
+            "48000",
+            "-c",
+            "2",
+            wav.to_str().unwrap(),
+            "synth",
+            "600",
+            "pinknoise",
+        ],
+    );
+    let out = run(&["import", "P", wav.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("No space left"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(show(), before, "the project is unchanged");
+    let scratch = data.join("tmp");
+    assert!(
+        !scratch.exists() || listing(&scratch).is_empty(),
+        "no half-written stem left"
+    );
+}

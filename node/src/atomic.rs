@@ -26,7 +26,9 @@ impl AtomicFile {
         if target.is_dir() {
             return Err(io::Error::other("is a directory"));
         }
+        // Like any new file: 0666 less the umask (tempfile's default is 0600).
         let temp = tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".part")
             .tempfile_in(dir)?;

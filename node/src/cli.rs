@@ -96,6 +96,20 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Write one WAV per track (post-fader, full song length) into DIR.
+    ExportStems {
+        project: String,
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "s16")]
+        format: SampleFormat,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove stems no project uses any more, and leftovers of interrupted work.
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
     /// Undo this node's last edit to a project (never another site's).
     Undo {
         project: String,
@@ -214,6 +228,16 @@ fn bitrate_kbps(s: &str) -> Result<u32, String> {
         Err(format!(
             "{kbps} is outside {MIN_BITRATE_KBPS}..={MAX_BITRATE_KBPS} kbit/s"
         ))
+    }
+}
+
+impl From<SampleFormat> for crate::request::SampleFormat {
+    fn from(f: SampleFormat) -> Self {
+        match f {
+            SampleFormat::S16 => Self::S16,
+            SampleFormat::S24 => Self::S24,
+            SampleFormat::F32 => Self::F32,
+        }
     }
 }
 
@@ -347,14 +371,27 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
             ),
             ClipCmd::Rm { project, clip } => (R::ClipRm { project, clip }, json),
         },
+        Command::ExportStems {
+            project,
+            dir,
+            format,
+            json,
+        } => {
+            let dir = std::path::absolute(&dir).unwrap_or(dir);
+            (
+                R::ExportStems {
+                    project,
+                    dir,
+                    format: format.into(),
+                },
+                json,
+            )
+        }
+        Command::Gc { json } => (R::Gc, json),
         Command::Undo { project, json } => (R::Undo { project }, json),
         Command::Redo { project, json } => (R::Redo { project }, json),
         Command::Mixdown(a) => {
-            let format = match a.format {
-                SampleFormat::S16 => crate::request::SampleFormat::S16,
-                SampleFormat::S24 => crate::request::SampleFormat::S24,
-                SampleFormat::F32 => crate::request::SampleFormat::F32,
-            };
+            let format = a.format.into();
             let out = std::path::absolute(&a.out).unwrap_or(a.out);
             let request = R::Mixdown {
                 project: a.project,

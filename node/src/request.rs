@@ -7,6 +7,7 @@ mod bounce;
 mod clips;
 mod context;
 mod failpoint;
+mod gc;
 mod imports;
 mod resolve;
 mod undo;
@@ -85,6 +86,12 @@ pub enum Request {
         project: String,
         clip: String,
     },
+    ExportStems {
+        project: String,
+        dir: PathBuf,
+        format: SampleFormat,
+    },
+    Gc,
     Undo {
         project: String,
     },
@@ -179,6 +186,12 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
             tail_seconds,
         } => clips::trim(ctx, &project, &clip, head_seconds, tail_seconds),
         Request::ClipRm { project, clip } => clips::remove(ctx, &project, &clip),
+        Request::ExportStems {
+            project,
+            dir,
+            format,
+        } => bounce::export_tracks(ctx, &project, &dir, format, progress),
+        Request::Gc => gc::run(ctx),
         Request::Undo { project } => undo::step(ctx, &project, false),
         Request::Redo { project } => undo::step(ctx, &project, true),
         Request::Mixdown {

@@ -134,9 +134,9 @@ pub fn run(
     let view = ProjectView::of(&resolve::project(ctx.store()?, project)?);
     let (mix, stems) = mix_of(&view);
     let scratch = scratch_dir(ctx)?;
-    let files = export_stems(ctx, &view, &stems, scratch.path())?;
+    let files = fetch_stems(ctx, &view, &stems, scratch.path())?;
     let open = |t: usize, c: usize| {
-        let stem = stems[t][c].as_ref().expect("checked by export_stems");
+        let stem = stems[t][c].as_ref().expect("checked by fetch_stems");
         let path = &files[&stem.hash];
         let clip = &mix.tracks[t].clips[c];
         StemClip::open(path, clip.offset, (t, c), &stem.name)
@@ -162,6 +162,87 @@ pub fn run(
     Ok(json!({ "project": view.id, "output": out, "frames": frames, "normalize": applied }))
 }
 
+/// `export-stems`: one full-length WAV per track, post-fader (gain and
+/// pan applied, mute and solo ignored), all as long as the song so they
+/// line up from 0 in any other tool.
+pub fn export_tracks(
+    ctx: &mut Context,
+    project: &str,
+    dir: &Path,
+    format: SampleFormat,
+    progress: &dyn Observer,
+) -> Result<Value> {
+    let view = ProjectView::of(&resolve::project(ctx.store()?, project)?);
+    let (mix, stems) = mix_of(&view);
+    let scratch = scratch_dir(ctx)?;
+    let files = fetch_stems(ctx, &view, &stems, scratch.path())?;
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
+    let mut written = Vec::new();
+    for (i, track) in view.tracks.iter().enumerate() {
+        let only = only_track(&mix, i);
+        let open = |t: usize, c: usize| {
+            let stem = stems[t][c].as_ref().expect("checked by fetch_stems");
+            StemClip::open(
+                &files[&stem.hash],
+                only.tracks[t].clips[c].offset,
+                (t, c),
+                &stem.name,
+            )
+            .map(|s| Box::new(s) as Box<dyn crate::audio::mixdown::ClipSource>)
+        };
+        let out = dir.join(format!("{:02} {}.wav", i + 1, file_safe(&track.name)));
+        let target = AtomicFile::create(&out).map_err(|e| write_err(&out, e))?;
+        let mut writer = target.writer().map_err(|e| write_err(&out, e))?;
+        bounce(
+            &only,
+            &open,
+            Kind::Wav(format.into()),
+            &mut writer,
+            1.0,
+            progress,
+        )?;
+        std::io::Write::flush(&mut writer).map_err(|e| write_err(&out, e))?;
+        drop(writer);
+        target.commit().map_err(|e| write_err(&out, e))?;
+        written.push(json!({ "track": track.id, "name": track.name, "file": out }));
+    }
+    Ok(json!({ "project": view.id, "stems": written }))
+}
+
+/// The mix with every track but `keep` muted (muted clips still set the length).
+fn only_track(mix: &Mix, keep: usize) -> Mix {
+    let tracks = mix.tracks.iter().enumerate();
+    Mix {
+        tracks: tracks
+            .map(|(i, t)| MixTrack {
+                mute: i != keep,
+                solo: false,
+                ..t.clone()
+            })
+            .collect(),
+    }
+}
+
+/// A track name usable as a file name on any system.
+fn file_safe(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || " -_.()".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim().trim_start_matches('.');
+    if trimmed.is_empty() {
+        "track".into()
+    } else {
+        trimmed.chars().take(64).collect()
+    }
+}
+
 fn write_err(out: &Path, e: impl std::fmt::Display) -> RequestError {
     RequestError::Invalid(format!("cannot write {}: {e}", out.display()))
 }
@@ -177,7 +258,7 @@ fn scratch_dir(ctx: &Context) -> Result<tempfile::TempDir> {
 
 /// Copies every stem the mix needs out of the blob store; fails naming
 /// every stem this node doesn't have (yet).
-fn export_stems(
+fn fetch_stems(
     ctx: &mut Context,
     view: &ProjectView,
     stems: &[Vec<Option<StemRef>>],
