@@ -7,5 +7,6 @@ mod support;
 
 mod codec_cli;
 mod codec_errors;
+mod crash;
 mod mixdown;
 mod studio;

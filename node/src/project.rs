@@ -9,5 +9,8 @@ pub mod doc;
 pub mod ops;
 pub mod view;
 
+#[cfg(test)]
+mod convergence;
+
 pub use doc::ProjectDoc;
 pub use view::ProjectView;
