@@ -177,3 +177,40 @@ fn a_missing_stem_is_named_and_nothing_is_written() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn clip_gain_and_fades_shape_the_sound() {
+    let st = Studio::new();
+    st.ok(&["project", "new", "P"]);
+    let a = tone(st.path(), "t.wav", 1000, -6.0, 3);
+    st.ok(&["import", "P", s(&a)]);
+    st.ok(&[
+        "clip",
+        "set",
+        "P",
+        "t.wav",
+        "--gain",
+        "-6",
+        "--fade-in",
+        "1",
+        "--fade-out",
+        "0.5",
+    ]);
+    let out = st.path().join("m.wav");
+    st.ok(&["mixdown", "P", s(&out), "--format", "f32"]);
+    let left = read_wav(&out).channel(0);
+    // Steady part: -6 (tone) -6 (clip) -3.01 (centre pan).
+    let steady = level_db(&left[60_000..108_000], 1000.0);
+    assert!((steady + 15.01).abs() < 0.1, "steady level {steady}");
+    // Half-way through the 1 s linear fade-in: half the amplitude (-6.02 dB).
+    let mid_fade = level_db(&left[24_000 - 240..24_000 + 240], 1000.0);
+    assert!(
+        (mid_fade - steady + 6.02).abs() < 0.2,
+        "mid fade-in {mid_fade}"
+    );
+    // The fade-out ends in silence.
+    let tail: f32 = left[left.len() - 48..]
+        .iter()
+        .fold(0.0, |m, v| m.max(v.abs()));
+    assert!(tail < 1e-3, "last samples {tail}");
+}

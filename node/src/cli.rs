@@ -369,6 +369,27 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
                 },
                 json,
             ),
+            ClipCmd::Set {
+                project,
+                clip,
+                gain,
+                fade_in,
+                fade_out,
+            } => {
+                let changes = crate::request::ClipChanges {
+                    gain_db: gain,
+                    fade_in_seconds: fade_in,
+                    fade_out_seconds: fade_out,
+                };
+                (
+                    R::ClipSet {
+                        project,
+                        clip,
+                        changes,
+                    },
+                    json,
+                )
+            }
             ClipCmd::Rm { project, clip } => (R::ClipRm { project, clip }, json),
         },
         Command::ExportStems {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use bounce::SampleFormat;
+pub use clips::ClipChanges;
 pub use context::Context;
 
 use crate::project::doc::{self, key};
@@ -81,6 +82,11 @@ pub enum Request {
         clip: String,
         head_seconds: f64,
         tail_seconds: f64,
+    },
+    ClipSet {
+        project: String,
+        clip: String,
+        changes: ClipChanges,
     },
     ClipRm {
         project: String,
@@ -185,6 +191,11 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
             head_seconds,
             tail_seconds,
         } => clips::trim(ctx, &project, &clip, head_seconds, tail_seconds),
+        Request::ClipSet {
+            project,
+            clip,
+            changes,
+        } => clips::set_fields(ctx, &project, &clip, &changes),
         Request::ClipRm { project, clip } => clips::remove(ctx, &project, &clip),
         Request::ExportStems {
             project,

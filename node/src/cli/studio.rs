@@ -74,6 +74,21 @@ pub enum ClipCmd {
         #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
         tail: f64,
     },
+    /// Set a clip's gain and fades.
+    #[command(allow_negative_numbers = true)]
+    Set {
+        project: String,
+        clip: String,
+        /// Clip gain in dB (-120..24).
+        #[arg(long, value_name = "DB")]
+        gain: Option<f64>,
+        /// Linear fade-in length.
+        #[arg(long, value_name = "SECONDS")]
+        fade_in: Option<f64>,
+        /// Linear fade-out length.
+        #[arg(long, value_name = "SECONDS")]
+        fade_out: Option<f64>,
+    },
     /// Remove a clip (its stem stays until `gc`).
     Rm { project: String, clip: String },
 }

@@ -67,6 +67,50 @@ pub fn trim(ctx: &mut Context, project: &str, clip: &str, head: f64, tail: f64) 
     Ok(json!({ "project": p.id, "clip": c, "start": current.start + head, "length": length }))
 }
 
+/// Clip gain and fades; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ClipChanges {
+    pub gain_db: Option<f64>,
+    pub fade_in_seconds: Option<f64>,
+    pub fade_out_seconds: Option<f64>,
+}
+
+/// Gains beyond these are typos, not mixes.
+const GAIN_RANGE_DB: std::ops::RangeInclusive<f64> = -120.0..=24.0;
+
+pub fn set_fields(ctx: &mut Context, project: &str, clip: &str, c: &ClipChanges) -> Result<Value> {
+    if let Some(g) = c.gain_db.filter(|g| !GAIN_RANGE_DB.contains(g)) {
+        return Err(RequestError::Invalid(format!(
+            "gain {g} dB is outside -120..24"
+        )));
+    }
+    let fade_in = c
+        .fade_in_seconds
+        .map(|s| frames(s, "--fade-in"))
+        .transpose()?;
+    let fade_out = c
+        .fade_out_seconds
+        .map(|s| frames(s, "--fade-out"))
+        .transpose()?;
+    let p = writable(ctx, project)?;
+    let (t, id) = resolve::clip(&p, clip)?;
+    let mut changes = Vec::new();
+    if let Some(g) = c.gain_db {
+        let value = json!(g);
+        changes.push(Change::SetClip {
+            track: t.clone(),
+            clip: id.clone(),
+            key: key::GAIN_DB.into(),
+            value,
+            expect: None,
+        });
+    }
+    changes.extend(fade_in.map(|f| set(&t, &id, key::FADE_IN, f)));
+    changes.extend(fade_out.map(|f| set(&t, &id, key::FADE_OUT, f)));
+    edit(ctx, &p, "change clip", changes)?;
+    Ok(json!({ "project": p.id, "clip": id }))
+}
+
 pub fn remove(ctx: &mut Context, project: &str, clip: &str) -> Result<Value> {
     let p = writable(ctx, project)?;
     let (t, c) = resolve::clip(&p, clip)?;
