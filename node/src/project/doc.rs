@@ -252,3 +252,93 @@ pub fn set_lyrics(txn: &mut TransactionMut, roots: &Roots, text: &str) {
     }
     roots.lyrics.insert(txn, 0, text);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::ops::{Change, Fields, apply_all};
+    use crate::project::view::ProjectView;
+
+    fn stored(dir: &std::path::Path) -> Store {
+        meshstudio_store::init_identity(dir).unwrap();
+        Store::open(dir).unwrap()
+    }
+
+    #[test]
+    fn a_long_log_is_compacted_on_load_and_nothing_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = stored(dir.path());
+        let (p, first) = ProjectDoc::create("p", store.client_id().unwrap(), "Song", 0);
+        store
+            .write(|w| w.append_update("p", &first).map(|_| ()))
+            .unwrap();
+        for i in 0..COMPACT_AFTER_UPDATES + 10 {
+            let name = format!("track {i}");
+            let fields = Fields::from([("name".into(), serde_json::json!(name))]);
+            let add = Change::AddTrack {
+                track: format!("t{i}"),
+                fields,
+                clips: Default::default(),
+            };
+            let (_, update) = p.edit(|txn, r| apply_all(txn, r, "add", vec![add]));
+            store
+                .write(|w| w.append_update("p", &update).map(|_| ()))
+                .unwrap();
+        }
+        let before = ProjectView::of(&p);
+        let loaded = ProjectDoc::load(&store, "p").unwrap();
+        assert_eq!(ProjectView::of(&loaded), before);
+        let doc = store.load_doc("p").unwrap();
+        assert!(
+            doc.snapshot.is_some() && doc.updates.is_empty(),
+            "folded into a snapshot"
+        );
+        assert_eq!(
+            ProjectView::of(&ProjectDoc::load(&store, "p").unwrap()),
+            before
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_read_only() {
+        let (p, _) = ProjectDoc::create("p", 1, "Song", 0);
+        assert!(p.check_writable().is_ok());
+        p.edit(|txn, r| r.meta.insert(txn, key::SCHEMA, DOC_SCHEMA + 1));
+        let err = p.check_writable().unwrap_err().to_string();
+        assert!(
+            err.contains("newer meshstudio") && err.contains("read-only"),
+            "{err}"
+        );
+        assert_eq!(ProjectView::of(&p).name, "Song", "still readable");
+    }
+
+    #[test]
+    fn unknown_keys_survive_edits_and_undo() {
+        let (p, _) = ProjectDoc::create("p", 1, "Song", 0);
+        let fields = Fields::from([
+            ("name".into(), serde_json::json!("Keys")),
+            ("from_the_future".into(), serde_json::json!("keep me")),
+        ]);
+        let add = Change::AddTrack {
+            track: "t".into(),
+            fields,
+            clips: Default::default(),
+        };
+        p.edit(|txn, r| apply_all(txn, r, "add", vec![add]));
+        let (rm, _) = p.edit(|txn, r| {
+            apply_all(
+                txn,
+                r,
+                "rm",
+                vec![Change::RemoveTrack { track: "t".into() }],
+            )
+        });
+        p.edit(|txn, r| crate::project::ops::replay(txn, r, &rm.inverse));
+        let txn = p.doc.transact();
+        let track = child_map(&txn, &p.roots.tracks, "t").unwrap();
+        assert_eq!(
+            as_string(track.get(&txn, "from_the_future")).as_deref(),
+            Some("keep me")
+        );
+    }
+}
