@@ -11,13 +11,25 @@ use crate::support::*;
 /// A data dir and the `meshstudio --data-dir` that uses it.
 pub struct Studio {
     pub dir: tempfile::TempDir,
+    /// A running `meshstudio up` for this data dir, when the commands go through it.
+    pub node: Option<crate::node::Node>,
 }
 
 impl Studio {
-    /// A fresh, initialised node.
+    /// A fresh, initialised data dir; commands run in-process.
     pub fn new() -> Self {
-        let studio = Studio { dir: tempdir() };
+        let studio = Studio {
+            dir: tempdir(),
+            node: None,
+        };
         studio.ok(&["init", "--site", "Test Site"]);
+        studio
+    }
+
+    /// The same, with a node running: every command goes through its API.
+    pub fn with_node() -> Self {
+        let mut studio = Studio::new();
+        studio.node = Some(crate::node::Node::start(studio.path()));
         studio
     }
 
@@ -96,7 +108,10 @@ fn commands_before_init_say_what_to_do() {
 
 #[test]
 fn build_a_song_offline() {
-    let s = Studio::new();
+    build_a_song_offline_with(&Studio::new());
+}
+
+pub fn build_a_song_offline_with(s: &Studio) {
     s.ok(&["config", "set", "author", "Lina"]);
     let p = s.json(&["project", "new", "Rain Song"])["id"]
         .as_str()
@@ -176,7 +191,10 @@ fn negative_numbers_are_values_not_flags() {
 
 #[test]
 fn names_resolve_by_id_prefix_or_unique_name() {
-    let s = Studio::new();
+    names_resolve_by_id_prefix_or_unique_name_with(&Studio::new());
+}
+
+pub fn names_resolve_by_id_prefix_or_unique_name_with(s: &Studio) {
     let a = s.json(&["project", "new", "Twin"])["id"]
         .as_str()
         .unwrap()
@@ -226,7 +244,10 @@ fn a_bad_import_changes_nothing() {
 
 #[test]
 fn undo_and_redo_work_across_processes() {
-    let s = Studio::new();
+    undo_and_redo_work_across_processes_with(&Studio::new());
+}
+
+pub fn undo_and_redo_work_across_processes_with(s: &Studio) {
     s.ok(&["project", "new", "P"]);
     s.ok(&["import", "P", &format!("{ALSA_SOUNDS}/Front_Left.wav")]);
     s.ok(&["track", "set", "P", "Front_Left", "--gain", "-6"]);

@@ -9,4 +9,5 @@ mod codec_cli;
 mod codec_errors;
 mod crash;
 mod mixdown;
+mod node;
 mod studio;

@@ -7,7 +7,7 @@ mod decode;
 mod encode;
 mod job;
 mod probe;
-mod progress;
+pub(crate) mod progress;
 mod studio;
 
 use std::path::PathBuf;
@@ -41,6 +41,24 @@ enum Command {
     Decode(DecodeArgs),
     /// Show what an audio file holds: format, channels, rate, duration, loudness.
     Probe(ProbeArgs),
+    /// Run this laptop's node until Ctrl-C: it owns the data dir, serves the
+    /// local API (other commands go through it) and, later, syncs.
+    Up {
+        /// Where the network endpoint listens [default: 0.0.0.0, any port].
+        #[arg(long, value_name = "ADDR:PORT")]
+        bind: Option<std::net::SocketAddr>,
+        /// Where the local API listens [default: 127.0.0.1:7878, or a free port if taken].
+        #[arg(long, value_name = "ADDR:PORT")]
+        api: Option<std::net::SocketAddr>,
+        /// A self-hosted relay for reaching sites behind NAT [default: none].
+        #[arg(long, value_name = "URL")]
+        relay: Option<String>,
+    },
+    /// Is a node running for this data dir, and what is it doing?
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Set up this node: its key, database and site name. Safe to run again.
     Init {
         /// This studio's name, shown to the other sites.
@@ -279,6 +297,11 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
     let dir =
         meshstudio_store::resolve_data_dir(data_dir).map_err(|e| report_line(&e.to_string()))?;
     let (request, json) = match command {
+        Command::Up { bind, api, relay } => {
+            let opts = crate::node::UpOptions { bind, api, relay };
+            return crate::node::up(&dir, opts).map_err(|e| report_line(&e));
+        }
+        Command::Status { json } => return studio::status(&dir, json),
         Command::Init { site, json } => (R::Init { site }, json),
         Command::Id => (R::Id, false),
         Command::Config {

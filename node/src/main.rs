@@ -3,6 +3,8 @@
 mod atomic;
 mod audio;
 mod cli;
+mod client;
+mod node;
 mod project;
 mod request;
 

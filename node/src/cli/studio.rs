@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::progress::{self, Bars};
 use super::{Failure, report_line};
+use crate::client::Remote;
 use crate::request::{Context, Request, RequestError, TrackChanges, execute};
 
 #[derive(Debug, Subcommand)]
@@ -140,9 +141,11 @@ pub fn run(data_dir: &Path, request: Request, json: bool) -> Result<(), Failure>
     let bars = Bars::new(progress::wanted(json) && long_work);
     let observer = bars.file(Path::new(label(&request)));
     let human = describe(&request);
-    let result = execute(&mut ctx, request, &observer);
+    let (result, closed) = match Remote::find(data_dir) {
+        Some(node) => (node.execute(&request, &observer), Ok(())),
+        None => (execute(&mut ctx, request, &observer), ctx.close()),
+    };
     observer.done();
-    let closed = ctx.close();
     let reply = match (result, closed) {
         (Ok(v), Ok(())) => v,
         (Err(RequestError::Cancelled), _) => return Err(Failure::Cancelled),
@@ -161,6 +164,44 @@ fn label(r: &Request) -> &'static str {
         Request::Mixdown { .. } => "mixdown",
         _ => "import",
     }
+}
+
+/// `status`: what the running node says about itself; an error when none runs.
+pub fn status(data_dir: &Path, json: bool) -> Result<(), Failure> {
+    let Some(node) = Remote::find(data_dir) else {
+        return Err(report_line(&format!(
+            "no node is running for {}; start one with `meshstudio up`",
+            data_dir.display()
+        )));
+    };
+    let v = node
+        .status()
+        .map_err(|e| report_line(&format!("the node did not answer: {e}")))?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    println!(
+        "node {}  (pid {}, up {} s)",
+        s("id"),
+        v["pid"],
+        v["uptime_seconds"]
+    );
+    println!("  api:      http://{}", s("api"));
+    let addrs: Vec<String> = v["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    println!("  network:  {}", addrs.join(", "));
+    println!("  data:     {}", s("data_dir"));
+    match v["projects"].as_u64() {
+        Some(n) => println!("  projects: {n}"),
+        None => println!("  projects: (busy with a request)"),
+    }
+    Ok(())
 }
 
 /// Which human rendering a reply gets.

@@ -1,0 +1,213 @@
+//! The local API: JSON over HTTP on 127.0.0.1, for the CLI and (later) the
+//! web UI. Every request carries the token from node.json; requests whose
+//! Host is not a loopback name are refused, so web pages cannot reach the
+//! node through DNS rebinding or cross-site requests.
+//!
+//! `POST /v1/request` takes a `Request` and streams newline-delimited JSON:
+//! `{"progress":{"done":N,"total":M}}` lines, then one `{"reply":…}` or
+//! `{"error":"…","cancelled":bool}`. A client that disconnects cancels its
+//! request. `GET /v1/status` describes the node.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use meshstudio_codec::Observer;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::request::{Context, Request, RequestError, execute};
+
+/// Progress lines buffered per request; a slow client just sees fewer.
+const EVENTS_IN_FLIGHT: usize = 64;
+/// Hosts a legitimate local client sends.
+const LOOPBACK_HOSTS: &[&str] = &["127.0.0.1", "localhost", "[::1]"];
+
+/// What the API handlers share.
+pub struct ApiState {
+    pub ctx: Arc<Mutex<Context>>,
+    pub token: String,
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    pub addresses: Vec<SocketAddr>,
+    pub started: Instant,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/request", post(request))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Refuses foreign Hosts (403) and missing or wrong tokens (401).
+async fn guard(State(s): State<Arc<ApiState>>, req: HttpRequest, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !is_loopback_host(host) {
+        tracing::warn!(host, "API request with a foreign Host refused");
+        return (StatusCode::FORBIDDEN, "forbidden host\n").into_response();
+    }
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    let token = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
+    if !same_secret(token.as_bytes(), s.token.as_bytes()) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response();
+    }
+    next.run(req).await
+}
+
+/// Host header without its port is a loopback name.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    LOOPBACK_HOSTS.contains(&name)
+}
+
+/// Compares without an early exit, so timing says nothing about the token.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn status(State(s): State<Arc<ApiState>>) -> Json<Value> {
+    let projects = s.ctx.try_lock().ok().and_then(|mut ctx| {
+        let store = ctx.store().ok()?;
+        store.projects().ok().map(|p| p.len())
+    });
+    Json(json!({
+        "id": s.id,
+        "pid": std::process::id(),
+        "uptime_seconds": s.started.elapsed().as_secs(),
+        "data_dir": s.data_dir,
+        "api": s.api,
+        "addresses": s.addresses,
+        "projects": projects,
+        "busy": projects.is_none(),
+    }))
+}
+
+async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(EVENTS_IN_FLIGHT);
+    let observer = RemoteObserver {
+        tx: tx.clone(),
+        done: AtomicU64::new(0),
+        stop: s.shutting_down.clone(),
+    };
+    let ctx = s.ctx.clone();
+    let op = op_name(&req);
+    tokio::task::spawn_blocking(move || {
+        let mut ctx = ctx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let line = match execute(&mut ctx, req, &observer) {
+            Ok(reply) => json!({ "reply": reply }),
+            Err(RequestError::Cancelled) => {
+                tracing::info!(op, "request cancelled");
+                json!({ "error": "cancelled", "cancelled": true })
+            }
+            Err(e) => {
+                tracing::info!(op, error = %e, "request failed");
+                json!({ "error": e.to_string(), "cancelled": false })
+            }
+        };
+        let _ = tx.blocking_send(line_of(&line));
+    });
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+fn op_name(req: &Request) -> String {
+    serde_json::to_value(req)
+        .ok()
+        .and_then(|v| v["op"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+fn line_of(v: &Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(v).expect("json values serialize");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+/// Progress goes to the client as it happens; a closed connection (the
+/// CLI's Ctrl-C) or a node shutting down cancels the request.
+struct RemoteObserver {
+    tx: mpsc::Sender<Bytes>,
+    done: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Observer for RemoteObserver {
+    fn total(&self, frames: Option<u64>) {
+        self.done.store(0, Ordering::Relaxed);
+        let _ = self.tx.try_send(line_of(
+            &json!({ "progress": { "done": 0, "total": frames } }),
+        ));
+    }
+
+    fn advance(&self, frames: u64) {
+        let done = self.done.fetch_add(frames, Ordering::Relaxed) + frames;
+        let _ = self
+            .tx
+            .try_send(line_of(&json!({ "progress": { "done": done } })));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.tx.is_closed() || self.stop.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_pass() {
+        for ok in [
+            "127.0.0.1:7878",
+            "localhost:7878",
+            "[::1]:7878",
+            "localhost",
+            "127.0.0.1",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:7878",
+            "127.0.0.1.evil.example",
+            "",
+            "localhost.evil:80",
+            "10.0.0.1:7878",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,185 @@
+//! `meshstudio up`: open everything, bind the network endpoint and the
+//! local API, run until Ctrl-C or SIGTERM, then close everything in order
+//! so nothing is lost.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use iroh::endpoint::presets;
+use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
+use meshstudio_store::{StoreError, init_identity};
+
+use super::api::{ApiState, router};
+use super::info::{self, NodeInfo};
+use super::logging;
+use crate::request::{Context, RequestError};
+
+/// The API's usual address; taken → a free port (several nodes on one machine).
+pub const DEFAULT_API: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7878);
+/// Where the endpoint listens unless `--bind` says otherwise: every
+/// interface, a port the OS picks.
+const DEFAULT_BIND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+/// Worker threads of the node's runtime (requests run on blocking threads).
+const RUNTIME_THREADS: usize = 2;
+
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// Where the network endpoint listens.
+    pub bind: Option<SocketAddr>,
+    /// Where the local API listens; `None` = 127.0.0.1:7878 or a free port.
+    pub api: Option<SocketAddr>,
+    /// A self-hosted relay; none by default (offline is the normal case).
+    pub relay: Option<String>,
+}
+
+pub fn up(data_dir: &Path, opts: UpOptions) -> Result<(), String> {
+    let (secret, _) = init_identity(data_dir).map_err(|e| e.to_string())?;
+    let mut ctx = Context::new(data_dir.to_path_buf());
+    match ctx.store() {
+        Err(RequestError::Store(StoreError::Locked { .. })) => {
+            return Err(already_running(data_dir));
+        }
+        Err(e) => return Err(e.to_string()),
+        Ok(_) => {}
+    }
+    let _log = logging::init(data_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_THREADS)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let ctx = Arc::new(Mutex::new(ctx));
+    let result = runtime.block_on(serve(data_dir, &opts, &secret.0, ctx.clone()));
+    info::remove(data_dir, std::process::id());
+    let ctx = Arc::try_unwrap(ctx)
+        .ok()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
+    if let Some(ctx) = ctx {
+        ctx.close().map_err(|e| e.to_string())?;
+    }
+    tracing::info!("node stopped");
+    result
+}
+
+fn already_running(data_dir: &Path) -> String {
+    match info::read(data_dir).filter(|i| info::pid_alive(i.pid)) {
+        Some(i) => format!(
+            "a node is already running for {} (pid {}, API {}); stop it first",
+            data_dir.display(),
+            i.pid,
+            i.api
+        ),
+        None => format!(
+            "the database in {} is in use by another meshstudio process",
+            data_dir.display()
+        ),
+    }
+}
+
+async fn serve(
+    data_dir: &Path,
+    opts: &UpOptions,
+    secret: &[u8; 32],
+    ctx: Arc<Mutex<Context>>,
+) -> Result<(), String> {
+    let endpoint = bind_endpoint(opts, secret).await?;
+    // Protocol handlers (sync, blobs, gossip) mount here in the next steps.
+    let protocols = iroh::protocol::Router::builder(endpoint.clone()).spawn();
+    let listener = bind_api(opts.api).await?;
+    let api = listener.local_addr().map_err(|e| e.to_string())?;
+    let id = endpoint.id().to_string();
+    let state = Arc::new(ApiState {
+        ctx,
+        token: info::new_token(),
+        id: id.clone(),
+        data_dir: data_dir.to_path_buf(),
+        api,
+        addresses: endpoint.bound_sockets(),
+        started: Instant::now(),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    });
+    let node = NodeInfo {
+        pid: std::process::id(),
+        api,
+        token: state.token.clone(),
+        id: id.clone(),
+        started_ms: crate::request::now_ms(),
+    };
+    info::write(data_dir, &node)
+        .map_err(|e| format!("cannot write {}: {e}", info::path(data_dir).display()))?;
+    announce(&state);
+    let stop = state.shutting_down.clone();
+    let served = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            stop.store(true, Ordering::SeqCst);
+        })
+        .await;
+    tracing::info!("stopping: closing the endpoint");
+    protocols.shutdown().await.map_err(|e| e.to_string())?;
+    served.map_err(|e| format!("API server: {e}"))
+}
+
+fn announce(s: &ApiState) {
+    let addrs: Vec<String> = s.addresses.iter().map(|a| a.to_string()).collect();
+    println!("node {}", s.id);
+    println!("  network: {}", addrs.join(", "));
+    println!("  api:     http://{}", s.api);
+    println!("  data:    {}", s.data_dir.display());
+    tracing::info!(id = %s.id, api = %s.api, network = ?addrs, "node up");
+}
+
+async fn bind_endpoint(opts: &UpOptions, secret: &[u8; 32]) -> Result<Endpoint, String> {
+    let relay = match &opts.relay {
+        Some(url) => {
+            let url: RelayUrl = url.parse().map_err(|e| format!("--relay {url}: {e}"))?;
+            RelayMode::custom([url])
+        }
+        None => RelayMode::Disabled,
+    };
+    let bind = opts.bind.unwrap_or(DEFAULT_BIND);
+    Endpoint::builder(presets::Minimal)
+        .secret_key(SecretKey::from_bytes(secret))
+        .relay_mode(relay)
+        .clear_ip_transports()
+        .bind_addr(bind)
+        .map_err(|e| format!("--bind {bind}: {e}"))?
+        .bind()
+        .await
+        .map_err(|e| format!("cannot bind the network endpoint on {bind}: {e}"))
+}
+
+/// Binds the API; the default port falls back to a free one, an explicit
+/// address does not.
+async fn bind_api(explicit: Option<SocketAddr>) -> Result<tokio::net::TcpListener, String> {
+    let addr = explicit.unwrap_or(DEFAULT_API);
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let free = SocketAddr::new(addr.ip(), 0);
+            let l = tokio::net::TcpListener::bind(free)
+                .await
+                .map_err(|e| format!("API: {e}"))?;
+            let port = l.local_addr().map(|a| a.port()).unwrap_or_default();
+            println!("API port {} is taken; using {port}", addr.port());
+            Ok(l)
+        }
+        Err(e) => Err(format!("cannot listen for the API on {addr}: {e}")),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}

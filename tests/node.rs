@@ -1,0 +1,291 @@
+//! `meshstudio up`: a long-lived node that owns the data dir, and the CLI
+//! going through its API — start/stop, crashes, two nodes, the API's
+//! guards, serialised concurrent commands, Ctrl-C of a remote operation.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::studio::{self, Studio};
+use crate::support::*;
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `meshstudio up` on loopback, stopped (Ctrl-C) when dropped.
+pub struct Node {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+}
+
+impl Node {
+    pub fn start(data_dir: &Path) -> Node {
+        let child = up(data_dir).spawn().unwrap();
+        let node = Node {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+        };
+        wait_until(START_TIMEOUT, "the node to answer", || {
+            node.info().is_some() && node.answers()
+        });
+        node
+    }
+
+    /// node.json, if present.
+    pub fn info(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.data_dir.join("node.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn answers(&self) -> bool {
+        meshstudio()
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("status")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Ctrl-C; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        tool("kill", &["-INT", &child.id().to_string()]);
+        let mut status = None;
+        wait_until(STOP_TIMEOUT, "the node to stop", || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap().code()
+    }
+
+    /// `kill -9`.
+    pub fn crash(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+fn up(data_dir: &Path) -> Command {
+    let mut cmd = meshstudio();
+    cmd.arg("--data-dir").arg(data_dir).args([
+        "up",
+        "--bind",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+    ]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    cmd
+}
+
+fn status(dir: &Path) -> std::process::Output {
+    meshstudio()
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["status", "--json"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn start_and_stop_cleanly_again_and_again() {
+    let s = Studio::new();
+    let id = s.ok(&["id"]).trim().to_string();
+    for _ in 0..3 {
+        let node = Node::start(s.path());
+        let v: Value = serde_json::from_slice(&status(s.path()).stdout).unwrap();
+        assert_eq!(v["id"], id.as_str());
+        assert_eq!(v["pid"], node.pid());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.path().join("node.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(node.stop(), Some(0));
+        assert!(
+            !s.path().join("node.json").exists(),
+            "node.json is removed on exit"
+        );
+        assert!(!status(s.path()).status.success(), "no node: status fails");
+    }
+}
+
+#[test]
+fn after_kill_9_commands_work_offline_and_a_new_node_starts() {
+    let s = Studio::new();
+    Node::start(s.path()).crash();
+    assert!(
+        s.path().join("node.json").exists(),
+        "a stale node.json stays behind"
+    );
+    let err = String::from_utf8_lossy(&status(s.path()).stderr).into_owned();
+    assert!(err.contains("no node is running"), "{err}");
+    s.ok(&["project", "new", "Offline"]);
+    let node = Node::start(s.path());
+    assert_eq!(s.show("Offline")["name"], "Offline");
+    assert_eq!(node.stop(), Some(0));
+}
+
+#[test]
+fn a_second_node_on_one_data_dir_names_the_first() {
+    let s = Studio::new();
+    let node = Node::start(s.path());
+    let out = up(s.path()).stderr(Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("already running") && err.contains(&node.pid().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_nodes_run_side_by_side() {
+    let (a, b) = (Studio::new(), Studio::new());
+    let (_na, _nb) = (Node::start(a.path()), Node::start(b.path()));
+    let va: Value = serde_json::from_slice(&status(a.path()).stdout).unwrap();
+    let vb: Value = serde_json::from_slice(&status(b.path()).stdout).unwrap();
+    assert_ne!(va["id"], vb["id"]);
+    assert_ne!(va["api"], vb["api"]);
+}
+
+/// A raw HTTP/1.1 GET, so the test controls every header.
+fn http_get(api: &str, path: &str, host: &str, token: Option<&str>) -> u16 {
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_api_wants_the_token_and_a_local_host() {
+    let s = Studio::new();
+    let node = Node::start(s.path());
+    let info = node.info().unwrap();
+    let (api, token) = (
+        info["api"].as_str().unwrap(),
+        info["token"].as_str().unwrap(),
+    );
+    assert_eq!(http_get(api, "/v1/status", api, Some(token)), 200);
+    assert_eq!(http_get(api, "/v1/status", "localhost", Some(token)), 200);
+    assert_eq!(http_get(api, "/v1/status", api, None), 401);
+    assert_eq!(http_get(api, "/v1/status", api, Some("0000")), 401);
+    assert_eq!(
+        http_get(api, "/v1/status", "evil.example:7878", Some(token)),
+        403
+    );
+    assert_eq!(
+        http_get(api, "/v1/status", "127.0.0.1.evil.example", Some(token)),
+        403
+    );
+}
+
+#[test]
+fn the_offline_suite_gives_the_same_results_through_a_node() {
+    studio::build_a_song_offline_with(&Studio::with_node());
+    studio::names_resolve_by_id_prefix_or_unique_name_with(&Studio::with_node());
+    studio::undo_and_redo_work_across_processes_with(&Studio::with_node());
+}
+
+#[test]
+fn concurrent_commands_through_a_node_lose_no_edit() {
+    let s = Studio::with_node();
+    s.ok(&["project", "new", "Busy"]);
+    const WRITERS: usize = 8;
+    let children: Vec<Child> = (0..WRITERS)
+        .map(|i| {
+            meshstudio()
+                .arg("--data-dir")
+                .arg(s.path())
+                .args(["track", "add", "Busy", &format!("T{i}")])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let tracks = s.show("Busy")["tracks"].as_array().unwrap().len();
+    assert_eq!(tracks, WRITERS);
+}
+
+#[test]
+fn ctrl_c_on_the_cli_cancels_the_nodes_work() {
+    let s = Studio::with_node();
+    s.ok(&["project", "new", "P"]);
+    let before = s.show("P");
+    let long = s.path().join("long.wav");
+    tool(
+        "sox",
+        &[
+            "-R",
+            "-n",
+            "-r",
+            "44100",
+            "-c",
+            "2",
+            s_(&long),
+            "synth",
+            "300",
+            "pinknoise",
+        ],
+    );
+    let mut cli = meshstudio()
+        .arg("--data-dir")
+        .arg(s.path())
+        .args(["import", "P", s_(&long)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let scratch = s.path().join("tmp");
+    wait_until(START_TIMEOUT, "the node to start encoding", || {
+        scratch.exists() && !listing(&scratch).is_empty()
+    });
+    tool("kill", &["-INT", &cli.id().to_string()]);
+    let mut code = None;
+    wait_until(STOP_TIMEOUT, "the CLI to stop", || {
+        code = cli.try_wait().unwrap().map(|s| s.code());
+        code.is_some()
+    });
+    assert_eq!(code.unwrap(), Some(130));
+    wait_until(STOP_TIMEOUT, "the node to drop the scratch file", || {
+        listing(&scratch).is_empty()
+    });
+    assert_eq!(s.show("P"), before, "nothing was imported");
+    assert!(s.run(&["status"]).status.success(), "the node is still up");
+}
+
+fn s_(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
