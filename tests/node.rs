@@ -289,3 +289,42 @@ fn ctrl_c_on_the_cli_cancels_the_nodes_work() {
 fn s_(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+#[test]
+fn changes_are_announced_on_the_event_stream() {
+    let s = Studio::with_node();
+    let info = s.node.as_ref().unwrap().info().unwrap();
+    let (api, token) = (
+        info["api"].as_str().unwrap(),
+        info["token"].as_str().unwrap(),
+    );
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    write!(
+        stream,
+        "GET /v1/events HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut seen = String::new();
+    let mut read_some = |seen: &mut String| {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = stream.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    wait_until(STOP_TIMEOUT, "the event stream to open", || {
+        read_some(&mut seen);
+        seen.contains("200 OK")
+    });
+    let id = s.json(&["project", "new", "Announced"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(STOP_TIMEOUT, "the change event", || {
+        read_some(&mut seen);
+        seen.contains("event: change") && seen.contains(&id)
+    });
+    assert!(seen.contains("project_new"), "{seen}");
+}

@@ -112,6 +112,21 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether the request changes a node's data (and so is announced as a change).
+    pub fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            Request::Id
+                | Request::ProjectList
+                | Request::ProjectShow { .. }
+                | Request::Lyrics { set: None, .. }
+                | Request::Mixdown { .. }
+                | Request::ExportStems { .. }
+        )
+    }
+}
+
 /// Fields `track set` may change; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrackChanges {

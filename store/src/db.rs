@@ -291,31 +291,51 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Appends one update to a project's log; returns its seq.
-    pub fn append_update(&mut self, project: &str, update: &[u8]) -> Result<u64, StoreError> {
-        let mut log = self.txn.open_table(DOC_LOG)?;
+    /// The seq the next update of `project` gets.
+    fn next_seq(&self, project: &str, base: u64) -> Result<u64, StoreError> {
+        let log = self.txn.open_table(DOC_LOG)?;
         let last = log
             .range((project, 0)..=(project, u64::MAX))?
             .next_back()
             .transpose()?;
+        Ok(last.map_or(base, |(k, _)| k.value().1 + 1).max(base))
+    }
+
+    /// Appends one update to a project's log; returns its seq.
+    pub fn append_update(&mut self, project: &str, update: &[u8]) -> Result<u64, StoreError> {
         let base = self
             .txn
             .open_table(DOC_BASE)?
             .get(project)?
             .map_or(0, |v| v.value());
-        let seq = last.map_or(base, |(k, _)| k.value().1 + 1).max(base);
-        log.insert((project, seq), update)?;
+        let seq = self.next_seq(project, base)?;
+        self.txn
+            .open_table(DOC_LOG)?
+            .insert((project, seq), update)?;
         Ok(seq)
     }
 
     /// Replaces every log entry below `upto` with `snapshot` (the full state
-    /// as of those entries).
+    /// as of those entries). `upto` must lie between the current base and
+    /// the next seq: an older snapshot would drop the updates between the
+    /// two, a later one would claim updates that never existed.
     pub fn compact_doc(
         &mut self,
         project: &str,
         snapshot: &[u8],
         upto: u64,
     ) -> Result<(), StoreError> {
+        let base = self
+            .txn
+            .open_table(DOC_BASE)?
+            .get(project)?
+            .map_or(0, |v| v.value());
+        let next = self.next_seq(project, base)?;
+        if upto < base || upto > next {
+            return Err(StoreError::Db(format!(
+                "compaction of {project} up to {upto} is outside {base}..={next}"
+            )));
+        }
         let mut log = self.txn.open_table(DOC_LOG)?;
         log.retain_in((project, 0)..(project, upto), |_, _| false)?;
         self.txn
@@ -373,6 +393,13 @@ mod tests {
         assert_eq!(doc.updates, vec![vec![3], vec![4]]);
         assert_eq!(doc.next_seq, 5);
         assert_eq!(store.write(|w| w.append_update("p", &[5])).unwrap(), 5);
+        // A stale or future compaction is refused and changes nothing.
+        assert!(store.write(|w| w.compact_doc("p", b"old", 1)).is_err());
+        assert!(store.write(|w| w.compact_doc("p", b"future", 100)).is_err());
+        assert_eq!(
+            store.load_doc("p").unwrap().updates,
+            vec![vec![3], vec![4], vec![5]]
+        );
         assert!(store.load_doc("other").unwrap().updates.is_empty());
     }
 

@@ -13,6 +13,8 @@ mod db;
 mod dir;
 mod error;
 mod identity;
+#[cfg(test)]
+mod model_tests;
 
 pub use blobs::{BLOBS_DIR, BlobStore, GcReport, Hash, blobs_dir, gc};
 pub use db::{DB_FILE, ProjectRow, SCHEMA_VERSION, Store, StoredDoc, Writer};

@@ -6,7 +6,9 @@
 //! `POST /v1/request` takes a `Request` and streams newline-delimited JSON:
 //! `{"progress":{"done":N,"total":M}}` lines, then one `{"reply":…}` or
 //! `{"error":"…","cancelled":bool}`. A client that disconnects cancels its
-//! request. `GET /v1/status` describes the node.
+//! request. `GET /v1/status` describes the node. `GET /v1/events` is a
+//! server-sent event stream of changes (`event: change`, the request's op
+//! and project), for views that stay current.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,6 +34,8 @@ use crate::request::{Context, Request, RequestError, execute};
 
 /// Progress lines buffered per request; a slow client just sees fewer.
 const EVENTS_IN_FLIGHT: usize = 64;
+/// Change events buffered for slow event-stream readers (they then skip).
+const CHANGES_IN_FLIGHT: usize = 256;
 /// Hosts a legitimate local client sends.
 const LOOPBACK_HOSTS: &[&str] = &["127.0.0.1", "localhost", "[::1]"];
 
@@ -45,12 +49,19 @@ pub struct ApiState {
     pub addresses: Vec<SocketAddr>,
     pub started: Instant,
     pub shutting_down: Arc<AtomicBool>,
+    pub changes: tokio::sync::broadcast::Sender<Value>,
+}
+
+/// A fresh change channel for `ApiState::changes`.
+pub fn change_channel() -> tokio::sync::broadcast::Sender<Value> {
+    tokio::sync::broadcast::channel(CHANGES_IN_FLIGHT).0
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/request", post(request))
+        .route("/v1/events", get(events))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -119,10 +130,18 @@ async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Re
     };
     let ctx = s.ctx.clone();
     let op = op_name(&req);
+    let changes = req.is_change().then(|| s.changes.clone());
+    tracing::info!(op, "request");
     tokio::task::spawn_blocking(move || {
         let mut ctx = ctx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let line = match execute(&mut ctx, req, &observer) {
-            Ok(reply) => json!({ "reply": reply }),
+            Ok(reply) => {
+                if let Some(changes) = changes {
+                    let project = reply.get("project").or_else(|| reply.get("id"));
+                    let _ = changes.send(json!({ "op": op, "project": project }));
+                }
+                json!({ "reply": reply })
+            }
             Err(RequestError::Cancelled) => {
                 tracing::info!(op, "request cancelled");
                 json!({ "error": "cancelled", "cancelled": true })
@@ -136,6 +155,16 @@ async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Re
     });
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+async fn events(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let stream = tokio_stream::wrappers::BroadcastStream::new(s.changes.subscribe())
+        .filter_map(|change| change.ok())
+        .map(|change| {
+            Ok::<_, Infallible>(Event::default().event("change").data(change.to_string()))
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 fn op_name(req: &Request) -> String {

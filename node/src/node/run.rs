@@ -101,6 +101,7 @@ async fn serve(
         addresses: endpoint.bound_sockets(),
         started: Instant::now(),
         shutting_down: Arc::new(AtomicBool::new(false)),
+        changes: super::api::change_channel(),
     });
     let node = NodeInfo {
         pid: std::process::id(),
