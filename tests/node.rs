@@ -328,3 +328,38 @@ fn changes_are_announced_on_the_event_stream() {
     });
     assert!(seen.contains("project_new"), "{seen}");
 }
+
+#[test]
+fn a_taken_api_port_falls_back_to_a_free_one_and_says_so() {
+    // Hold the default port (if something else already holds it, even better).
+    let _holder = std::net::TcpListener::bind("127.0.0.1:7878");
+    let s = Studio::new();
+    let mut child = meshstudio()
+        .arg("--data-dir")
+        .arg(s.path())
+        .args(["up", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Node {
+        child: None,
+        data_dir: s.path().to_path_buf(),
+    };
+    wait_until(START_TIMEOUT, "the node to answer", || {
+        node.info().is_some() && node.answers()
+    });
+    let api = node.info().unwrap()["api"].as_str().unwrap().to_string();
+    assert_ne!(api, "127.0.0.1:7878");
+    tool("kill", &["-INT", &child.id().to_string()]);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(out.contains("7878 is taken"), "{out}");
+    assert!(out.contains(&api), "prints the API address: {out}");
+}
