@@ -11,3 +11,4 @@ mod crash;
 mod mixdown;
 mod node;
 mod studio;
+mod sync;

@@ -128,6 +128,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print an invite ticket for a project (needs a running node). The ticket
+    /// is the last line of output; it holds the project's secret: share it
+    /// only with the studio you invite.
+    Invite {
+        project: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join a project with a ticket from `meshstudio invite` (needs a running node).
+    Join {
+        ticket: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Undo this node's last edit to a project (never another site's).
     Undo {
         project: String,
@@ -432,6 +446,8 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
             )
         }
         Command::Gc { json } => (R::Gc, json),
+        Command::Invite { project, json } => (R::Invite { project }, json),
+        Command::Join { ticket, json } => (R::Join { ticket }, json),
         Command::Undo { project, json } => (R::Undo { project }, json),
         Command::Redo { project, json } => (R::Redo { project }, json),
         Command::Mixdown(a) => {

@@ -4,6 +4,7 @@ mod atomic;
 mod audio;
 mod cli;
 mod client;
+mod net;
 mod node;
 mod project;
 mod request;

@@ -9,6 +9,7 @@ mod context;
 mod failpoint;
 mod gc;
 mod imports;
+mod membership;
 mod resolve;
 mod undo;
 
@@ -20,7 +21,7 @@ use serde_json::{Value, json};
 
 pub use bounce::SampleFormat;
 pub use clips::ClipChanges;
-pub use context::Context;
+pub use context::{Context, NetHandle};
 
 use crate::project::doc::{self, key};
 use crate::project::ops::{self, Change, Fields, UndoEntry};
@@ -98,6 +99,12 @@ pub enum Request {
         format: SampleFormat,
     },
     Gc,
+    Invite {
+        project: String,
+    },
+    Join {
+        ticket: String,
+    },
     Undo {
         project: String,
     },
@@ -218,6 +225,8 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
             format,
         } => bounce::export_tracks(ctx, &project, &dir, format, progress),
         Request::Gc => gc::run(ctx),
+        Request::Invite { project } => membership::invite(ctx, &project),
+        Request::Join { ticket } => membership::join(ctx, &ticket),
         Request::Undo { project } => undo::step(ctx, &project, false),
         Request::Redo { project } => undo::step(ctx, &project, true),
         Request::Mixdown {
@@ -245,10 +254,12 @@ fn project_new(ctx: &mut Context, name: &str) -> Result<Value> {
     if name.is_empty() {
         return Err(RequestError::Invalid("a project needs a name".into()));
     }
+    let me = ctx.node_id()?;
     let store = ctx.store()?;
     let id = uuid::Uuid::new_v4().to_string();
-    let (_, update) = ProjectDoc::create(&id, store.client_id()?, name, now_ms());
-    let record = serde_json::to_vec(&json!({ "created": now_ms() })).expect("json");
+    let (_, update) = ProjectDoc::create(&id, store.client_id()?, name, now_ms(), &me);
+    let record = ProjectRecord::new();
+    let record = serde_json::to_vec(&record).expect("json");
     store.write(|w| {
         w.put_project(&id, &record)?;
         w.append_update(&id, &update).map(|_| ())
@@ -265,6 +276,50 @@ fn project_list(ctx: &mut Context) -> Result<Value> {
     }
     out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Ok(Value::Array(out))
+}
+
+/// What the node keeps about a project outside the replicated document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub created: i64,
+    /// The project secret (hex): proves membership; never leaves the node
+    /// except inside an invite ticket.
+    pub secret: Option<String>,
+}
+
+impl ProjectRecord {
+    pub fn new() -> Self {
+        let mut secret = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+        ProjectRecord {
+            created: now_ms(),
+            secret: Some(data_encoding::HEXLOWER.encode(&secret)),
+        }
+    }
+
+    pub fn secret_bytes(&self) -> Option<[u8; 32]> {
+        self.secret
+            .as_deref()
+            .and_then(crate::net::ticket::decode_hex)
+    }
+}
+
+/// The project's secret; projects made before secrets existed get one now.
+pub fn project_secret(ctx: &mut Context, project: &str) -> Result<[u8; 32]> {
+    let store = ctx.store()?;
+    let stored = store
+        .project(project)?
+        .and_then(|b| serde_json::from_slice::<ProjectRecord>(&b).ok());
+    if let Some(secret) = stored.as_ref().and_then(ProjectRecord::secret_bytes) {
+        return Ok(secret);
+    }
+    let record = ProjectRecord {
+        created: stored.map_or_else(now_ms, |r| r.created),
+        ..ProjectRecord::new()
+    };
+    let bytes = serde_json::to_vec(&record).expect("json");
+    store.write(|w| w.put_project(project, &bytes))?;
+    Ok(record.secret_bytes().expect("just made"))
 }
 
 /// Applies a local edit and persists it with its undo entry, in one

@@ -223,6 +223,18 @@ impl Store {
         Ok(doc)
     }
 
+    /// Remembered peers: (node id, record), ordered by id.
+    pub fn peers(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PEERS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// A project's undo log, oldest first, as (seq, entry).
     pub fn undo_log(&self, project: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -342,6 +354,12 @@ impl Writer<'_> {
             .open_table(DOC_SNAPSHOT)?
             .insert(project, snapshot)?;
         self.txn.open_table(DOC_BASE)?.insert(project, upto)?;
+        Ok(())
+    }
+
+    /// Remembers a peer (its last known addresses and the like).
+    pub fn put_peer(&mut self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.txn.open_table(PEERS)?.insert(id, record)?;
         Ok(())
     }
 

@@ -212,6 +212,7 @@ enum Human {
     Show,
     List,
     Lyrics,
+    Invite,
     Summary,
 }
 
@@ -222,6 +223,7 @@ fn describe(r: &Request) -> Human {
         Request::ProjectShow { .. } => Human::Show,
         Request::ProjectList => Human::List,
         Request::Lyrics { .. } => Human::Lyrics,
+        Request::Invite { .. } => Human::Invite,
         _ => Human::Summary,
     }
 }
@@ -249,6 +251,13 @@ fn print_human(kind: Human, v: &Value) {
         }
         Human::Show => print_project(v),
         Human::Lyrics => println!("{}", s("lyrics")),
+        Human::Invite => {
+            println!(
+                "Invite to {} — give this ticket to the other studio only:",
+                s("name")
+            );
+            println!("{}", s("ticket"));
+        }
         Human::Summary => println!("{v}"),
     }
 }

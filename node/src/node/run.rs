@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use iroh::endpoint::presets;
@@ -15,7 +15,11 @@ use meshstudio_store::{StoreError, init_identity};
 use super::api::{ApiState, router};
 use super::info::{self, NodeInfo};
 use super::logging;
-use crate::request::{Context, RequestError};
+use crate::net::hub::{Gate, Hub, member_union};
+use crate::net::join::JoinProtocol;
+use crate::net::sync::{self, SyncProtocol};
+use crate::net::{JOIN_ALPN, SYNC_ALPN};
+use crate::request::{Context, NetHandle, RequestError};
 
 /// The API's usual address; taken → a free port (several nodes on one machine).
 pub const DEFAULT_API: SocketAddr =
@@ -55,6 +59,9 @@ pub fn up(data_dir: &Path, opts: UpOptions) -> Result<(), String> {
     let ctx = Arc::new(Mutex::new(ctx));
     let result = runtime.block_on(serve(data_dir, &opts, &secret.0, ctx.clone()));
     info::remove(data_dir, std::process::id());
+    // Dropping the runtime ends every network task, and with them their
+    // hold on the context, so it can be closed properly below.
+    drop(runtime);
     let ctx = Arc::try_unwrap(ctx)
         .ok()
         .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()));
@@ -86,9 +93,31 @@ async fn serve(
     secret: &[u8; 32],
     ctx: Arc<Mutex<Context>>,
 ) -> Result<(), String> {
-    let endpoint = bind_endpoint(opts, secret).await?;
-    // Protocol handlers (sync, blobs, gossip) mount here in the next steps.
-    let protocols = iroh::protocol::Router::builder(endpoint.clone()).spawn();
+    let members = {
+        let mut locked = ctx.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::new(RwLock::new(
+            member_union(&mut locked).map_err(|e| e.to_string())?,
+        ))
+    };
+    let endpoint = bind_endpoint(opts, secret, Gate(members.clone())).await?;
+    let hub = Arc::new(Hub {
+        ctx: ctx.clone(),
+        endpoint: endpoint.clone(),
+        me: endpoint.id().to_string(),
+        members,
+        changes: super::api::change_channel(),
+    });
+    let net = NetHandle {
+        endpoint: endpoint.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        hub: Arc::downgrade(&hub),
+    };
+    ctx.lock().unwrap_or_else(|p| p.into_inner()).set_net(net);
+    let protocols = iroh::protocol::Router::builder(endpoint.clone())
+        .accept(SYNC_ALPN, SyncProtocol(hub.clone()))
+        .accept(JOIN_ALPN, JoinProtocol(hub.clone()))
+        .spawn();
+    redial_remembered(&hub).await;
     let listener = bind_api(opts.api).await?;
     let api = listener.local_addr().map_err(|e| e.to_string())?;
     let id = endpoint.id().to_string();
@@ -101,7 +130,7 @@ async fn serve(
         addresses: endpoint.bound_sockets(),
         started: Instant::now(),
         shutting_down: Arc::new(AtomicBool::new(false)),
-        changes: super::api::change_channel(),
+        changes: hub.changes.clone(),
     });
     let node = NodeInfo {
         pid: std::process::id(),
@@ -134,7 +163,36 @@ fn announce(s: &ApiState) {
     tracing::info!(id = %s.id, api = %s.api, network = ?addrs, "node up");
 }
 
-async fn bind_endpoint(opts: &UpOptions, secret: &[u8; 32]) -> Result<Endpoint, String> {
+/// Starts redialing every remembered peer (sync resumes by itself).
+async fn redial_remembered(hub: &Arc<Hub>) {
+    let peers = hub
+        .with_ctx(|ctx| {
+            ctx.store()
+                .ok()
+                .and_then(|s| s.peers().ok())
+                .unwrap_or_default()
+        })
+        .await;
+    for (id, record) in peers {
+        let Ok(id) = id.parse::<iroh::EndpointId>() else {
+            continue;
+        };
+        let addrs: Vec<SocketAddr> = serde_json::from_slice::<serde_json::Value>(&record)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["addrs"].clone()).ok())
+            .unwrap_or_default();
+        let addr = addrs
+            .iter()
+            .fold(iroh::EndpointAddr::new(id), |a, ip| a.with_ip_addr(*ip));
+        tokio::spawn(sync::dial_forever(hub.clone(), addr));
+    }
+}
+
+async fn bind_endpoint(
+    opts: &UpOptions,
+    secret: &[u8; 32],
+    gate: Gate,
+) -> Result<Endpoint, String> {
     let relay = match &opts.relay {
         Some(url) => {
             let url: RelayUrl = url.parse().map_err(|e| format!("--relay {url}: {e}"))?;
@@ -145,6 +203,7 @@ async fn bind_endpoint(opts: &UpOptions, secret: &[u8; 32]) -> Result<Endpoint, 
     let bind = opts.bind.unwrap_or(DEFAULT_BIND);
     Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(secret))
+        .hooks(gate)
         .relay_mode(relay)
         .clear_ip_transports()
         .bind_addr(bind)

@@ -62,10 +62,10 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let (first, base) = ProjectDoc::create("p", 1, "Song", 0);
+        let (first, base) = ProjectDoc::create("p", 1, "Song", 0, "creator");
         let mut replicas = vec![first];
         for r in 1..REPLICAS {
-            let (doc, _) = ProjectDoc::create("p", r as u64 + 1, "Song", 0);
+            let (doc, _) = ProjectDoc::create("p", r as u64 + 1, "Song", 0, "creator");
             deliver(&doc, &base);
             replicas.push(doc);
         }

@@ -33,6 +33,8 @@ pub(crate) mod key {
     pub const CLIPS: &str = "clips";
     // Reserved root names, not written by this build yet: "markers", "comments".
     pub const STORIES: &str = "stories";
+    pub const MEMBERS: &str = "members";
+    pub const ADDED_BY: &str = "added_by";
     pub const LYRICS: &str = "lyrics";
     pub const NAME: &str = "name";
     pub const TEMPO: &str = "tempo";
@@ -85,6 +87,9 @@ pub struct Roots {
     pub meta: MapRef,
     pub tracks: MapRef,
     pub stories: MapRef,
+    /// Node id → when and by whom it was added. Keyed by identity on
+    /// purpose: two sites adding the same node agree on what it means.
+    pub members: MapRef,
     pub lyrics: TextRef,
 }
 
@@ -106,13 +111,20 @@ fn roots(doc: &Doc) -> Roots {
         meta: doc.get_or_insert_map(key::META),
         tracks: doc.get_or_insert_map(key::TRACKS),
         stories: doc.get_or_insert_map(key::STORIES),
+        members: doc.get_or_insert_map(key::MEMBERS),
         lyrics: doc.get_or_insert_text(key::LYRICS),
     }
 }
 
 impl ProjectDoc {
-    /// A new, empty project document (not yet stored).
-    pub fn create(id: &str, client_id: u64, name: &str, now_ms: i64) -> (Self, Vec<u8>) {
+    /// A new, empty project document (not yet stored), `creator` its first member.
+    pub fn create(
+        id: &str,
+        client_id: u64,
+        name: &str,
+        now_ms: i64,
+        creator: &str,
+    ) -> (Self, Vec<u8>) {
         let doc = new_doc(client_id);
         let roots = roots(&doc);
         let update = {
@@ -125,6 +137,7 @@ impl ProjectDoc {
             meta.insert(&mut txn, key::SAMPLE_RATE, PROJECT_RATE_HZ);
             meta.insert(&mut txn, key::SCHEMA, DOC_SCHEMA);
             meta.insert(&mut txn, key::CREATED, now_ms);
+            add_member(&mut txn, &roots, creator, creator, now_ms);
             txn.encode_update_v1()
         };
         (
@@ -211,6 +224,22 @@ fn apply_stored(doc: &Doc, id: &str, stored: &StoredDoc) -> Result<(), ProjectEr
     Ok(())
 }
 
+/// Records `node` as a member (added by `by`).
+pub fn add_member(txn: &mut TransactionMut, roots: &Roots, node: &str, by: &str, now_ms: i64) {
+    let fields = yrs::MapPrelim::from([
+        (key::TIME, yrs::In::from(now_ms)),
+        (key::ADDED_BY, yrs::In::from(by)),
+    ]);
+    roots.members.insert(txn, node, fields);
+}
+
+/// The member node ids, sorted.
+pub fn members<T: ReadTxn>(txn: &T, roots: &Roots) -> Vec<String> {
+    let mut ids: Vec<String> = roots.members.keys(txn).map(String::from).collect();
+    ids.sort();
+    ids
+}
+
 /// A nested map under `parent[key]`, if it is one.
 pub fn child_map<T: ReadTxn>(txn: &T, parent: &MapRef, k: &str) -> Option<MapRef> {
     match parent.get(txn, k)? {
@@ -268,7 +297,7 @@ mod tests {
     fn a_long_log_is_compacted_on_load_and_nothing_changes() {
         let dir = tempfile::tempdir().unwrap();
         let store = stored(dir.path());
-        let (p, first) = ProjectDoc::create("p", store.client_id().unwrap(), "Song", 0);
+        let (p, first) = ProjectDoc::create("p", store.client_id().unwrap(), "Song", 0, "creator");
         store
             .write(|w| w.append_update("p", &first).map(|_| ()))
             .unwrap();
@@ -301,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_newer_schema_is_read_only() {
-        let (p, _) = ProjectDoc::create("p", 1, "Song", 0);
+        let (p, _) = ProjectDoc::create("p", 1, "Song", 0, "creator");
         assert!(p.check_writable().is_ok());
         p.edit(|txn, r| r.meta.insert(txn, key::SCHEMA, DOC_SCHEMA + 1));
         let err = p.check_writable().unwrap_err().to_string();
@@ -314,7 +343,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_survive_edits_and_undo() {
-        let (p, _) = ProjectDoc::create("p", 1, "Song", 0);
+        let (p, _) = ProjectDoc::create("p", 1, "Song", 0, "creator");
         let fields = Fields::from([
             ("name".into(), serde_json::json!("Keys")),
             ("from_the_future".into(), serde_json::json!("keep me")),

@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn undo_restores_a_removed_track_with_its_clips() {
-        let (p, _) = ProjectDoc::create("p", 1, "Song", 0);
+        let (p, _) = ProjectDoc::create("p", 1, "Song", 0, "creator");
         let clip = Fields::from([("start".into(), Value::from(480))]);
         let add = Change::AddTrack {
             track: "t".into(),
@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn undo_never_reverts_another_sites_edit() {
-        let (a, _) = ProjectDoc::create("p", 1, "Song", 0);
+        let (a, _) = ProjectDoc::create("p", 1, "Song", 0, "creator");
         let add = Change::AddTrack {
             track: "t".into(),
             fields: track_fields("Bass"),
@@ -478,7 +478,7 @@ mod tests {
         };
         let (local, _) = a.edit(|txn, r| apply_all(txn, r, "gain", vec![set(-6.0)]));
         // Another site (client 2) changes the same field afterwards.
-        let (b, _) = ProjectDoc::create("p", 2, "Song", 0);
+        let (b, _) = ProjectDoc::create("p", 2, "Song", 0, "creator");
         sync(&a, &b);
         b.edit(|txn, r| apply_all(txn, r, "gain", vec![set(-3.0)]));
         sync(&b, &a);
@@ -489,7 +489,7 @@ mod tests {
 
     #[test]
     fn undo_then_redo_round_trips() {
-        let (p, _) = ProjectDoc::create("p", 1, "Song", 0);
+        let (p, _) = ProjectDoc::create("p", 1, "Song", 0, "creator");
         let add = Change::AddTrack {
             track: "t".into(),
             fields: track_fields("Keys"),

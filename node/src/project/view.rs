@@ -18,6 +18,8 @@ pub struct ProjectView {
     pub tracks: Vec<TrackView>,
     pub stories: Vec<StoryView>,
     pub lyrics: String,
+    /// Member node ids, sorted.
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -82,6 +84,7 @@ impl ProjectView {
             tracks,
             stories,
             lyrics: p.roots.lyrics.get_string(&txn),
+            members: super::doc::members(&txn, &p.roots),
         }
     }
 }

@@ -8,7 +8,17 @@ use serde_json::{Value, json};
 
 use super::{RequestError, Result};
 
+/// The running node's network side, for requests that need it (invite, join).
+#[derive(Clone)]
+pub struct NetHandle {
+    pub endpoint: iroh::Endpoint,
+    pub runtime: tokio::runtime::Handle,
+    /// Weak: the hub holds this context, the context must not hold the hub.
+    pub hub: std::sync::Weak<crate::net::hub::Hub>,
+}
+
 pub struct Context {
+    net: Option<NetHandle>,
     data_dir: PathBuf,
     store: Option<Store>,
     blobs: Option<BlobStore>,
@@ -18,11 +28,25 @@ pub struct Context {
 impl Context {
     pub fn new(data_dir: PathBuf) -> Self {
         Context {
+            net: None,
             data_dir,
             store: None,
             blobs: None,
             runtime: None,
         }
+    }
+
+    pub fn set_net(&mut self, net: NetHandle) {
+        self.net = Some(net);
+    }
+
+    /// The network side; only a running node (`meshstudio up`) has one.
+    pub fn net(&self, what: &str) -> Result<NetHandle> {
+        self.net.clone().ok_or_else(|| {
+            RequestError::Invalid(format!(
+                "{what} needs a running node: start one with `meshstudio up`"
+            ))
+        })
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -1,0 +1,90 @@
+//! What the network handlers share: the node's request context (the one
+//! way to the database), the endpoint, who the members are, and the change
+//! channel that makes live sessions push new state.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+
+use iroh::Endpoint;
+use iroh::endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::JOIN_ALPN;
+use crate::project::ProjectDoc;
+use crate::project::doc::members;
+use crate::request::Context;
+
+/// QUIC close code for a peer that is not a member.
+pub const NOT_A_MEMBER: u32 = 403;
+
+pub struct Hub {
+    pub ctx: Arc<Mutex<Context>>,
+    pub endpoint: Endpoint,
+    /// This node's id (hex).
+    pub me: String,
+    /// Union of all projects' member lists.
+    pub members: Arc<RwLock<HashSet<String>>>,
+    pub changes: broadcast::Sender<Value>,
+}
+
+impl Hub {
+    /// Runs `f` with the locked context on a blocking thread.
+    pub async fn with_ctx<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Context) -> T + Send + 'static,
+    ) -> T {
+        let ctx = self.ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut ctx = ctx.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut ctx)
+        })
+        .await
+        .expect("context work does not panic")
+    }
+
+    /// Re-reads every project's member list into the gate.
+    pub async fn refresh_members(self: &Arc<Self>) {
+        let set = self
+            .with_ctx(|ctx| member_union(ctx).unwrap_or_default())
+            .await;
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = set;
+    }
+}
+
+/// Every node that is a member of any project here.
+pub fn member_union(ctx: &mut Context) -> Result<HashSet<String>, crate::request::RequestError> {
+    let store = ctx.store()?;
+    let mut all = HashSet::new();
+    for row in store.projects()? {
+        let p = ProjectDoc::load(store, &row.id)?;
+        let txn = yrs::Transact::transact(&p.doc);
+        all.extend(members(&txn, &p.roots));
+    }
+    Ok(all)
+}
+
+/// Admits members on every protocol and strangers only to the join
+/// handshake (which checks the ticket's secret before anything else).
+#[derive(Debug)]
+pub struct Gate(pub Arc<RwLock<HashSet<String>>>);
+
+impl EndpointHooks for Gate {
+    async fn after_handshake(&self, conn: &Connection) -> AfterHandshakeOutcome {
+        let peer = conn.remote_id().to_string();
+        let member = self
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer);
+        if member || conn.alpn() == JOIN_ALPN {
+            AfterHandshakeOutcome::accept()
+        } else {
+            tracing::info!(%peer, "connection from a non-member refused");
+            AfterHandshakeOutcome::Reject {
+                error_code: NOT_A_MEMBER.into(),
+                reason: b"not a member".to_vec(),
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `meshstudio/join/1`: a laptop with an invite ticket becomes a member.
+//! The joiner proves it holds the ticket's secret (bound to both node ids);
+//! the inviter checks that before anything else, adds the joiner to the
+//! project's members and answers with its own proof and the project state.
+//! The joiner checks the inviter's proof before writing anything.
+
+use std::sync::Arc;
+
+use iroh::EndpointAddr;
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use serde::{Deserialize, Serialize};
+
+use super::hub::Hub;
+use super::proof::{self, Purpose};
+use super::ticket::Ticket;
+use super::wire::{MAX_HELLO_BYTES, MAX_SYNC_FRAME_BYTES};
+use super::{JOIN_ALPN, frame};
+use crate::project::ProjectDoc;
+use crate::project::doc::add_member;
+use crate::request::{Context, now_ms, project_secret};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct JoinAsk {
+    project: String,
+    proof: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct JoinAnswer {
+    ok: bool,
+    proof: String,
+    error: String,
+}
+
+/// The inviter's side, mounted on the node's router.
+#[derive(Debug, Clone)]
+pub struct JoinProtocol(pub Arc<Hub>);
+
+impl ProtocolHandler for JoinProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = conn.remote_id().to_string();
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let ask = frame::read(&mut recv, MAX_HELLO_BYTES)
+            .await
+            .map_err(AcceptError::from_err)?
+            .and_then(|f| serde_json::from_slice::<JoinAsk>(&f).ok());
+        let (answer, state) = match ask {
+            Some(ask) => admit(&self.0, &peer, ask).await,
+            None => (refusal("malformed join request"), Vec::new()),
+        };
+        tracing::info!(%peer, ok = answer.ok, "join request");
+        let bytes = serde_json::to_vec(&answer).expect("json");
+        frame::write(&mut send, &bytes)
+            .await
+            .map_err(AcceptError::from_err)?;
+        frame::write(&mut send, &state)
+            .await
+            .map_err(AcceptError::from_err)?;
+        send.finish().map_err(AcceptError::from_err)?;
+        conn.closed().await;
+        Ok(())
+    }
+}
+
+fn refusal(why: &str) -> JoinAnswer {
+    JoinAnswer {
+        ok: false,
+        proof: String::new(),
+        error: why.to_string(),
+    }
+}
+
+/// Checks the joiner's proof; if good, adds it to the members and returns
+/// the welcome and the full project state.
+async fn admit(hub: &Arc<Hub>, joiner: &str, ask: JoinAsk) -> (JoinAnswer, Vec<u8>) {
+    let (me, joiner) = (hub.me.clone(), joiner.to_string());
+    let out = hub
+        .with_ctx(move |ctx| -> Result<(JoinAnswer, Vec<u8>), String> {
+            let store = ctx.store().map_err(|e| e.to_string())?;
+            if store
+                .project(&ask.project)
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                return Err("no such project here".into());
+            }
+            let secret = project_secret(ctx, &ask.project).map_err(|e| e.to_string())?;
+            if !proof::check(
+                &ask.proof,
+                &secret,
+                Purpose::Join,
+                &ask.project,
+                &joiner,
+                &me,
+            ) {
+                return Err("the ticket's secret is wrong".into());
+            }
+            let state = add_and_share(ctx, &ask.project, &joiner, &me)?;
+            let welcome = proof::make(&secret, Purpose::Welcome, &ask.project, &me, &joiner);
+            Ok((
+                JoinAnswer {
+                    ok: true,
+                    proof: welcome,
+                    error: String::new(),
+                },
+                state,
+            ))
+        })
+        .await;
+    hub.refresh_members().await;
+    out.unwrap_or_else(|why| (refusal(&why), Vec::new()))
+}
+
+/// Adds `joiner` to the project's members (persisted) and returns the state.
+fn add_and_share(
+    ctx: &mut Context,
+    project: &str,
+    joiner: &str,
+    me: &str,
+) -> Result<Vec<u8>, String> {
+    let store = ctx.store().map_err(|e| e.to_string())?;
+    let p = ProjectDoc::load(store, project).map_err(|e| e.to_string())?;
+    let (_, update) = p.edit(|txn, roots| add_member(txn, roots, joiner, me, now_ms()));
+    store
+        .write(|w| w.append_update(project, &update).map(|_| ()))
+        .map_err(|e| e.to_string())?;
+    Ok(p.full_state())
+}
+
+/// The joiner's side: asks the inviter, checks its proof, returns the
+/// project state. Writes nothing.
+pub async fn ask(endpoint: &iroh::Endpoint, ticket: &Ticket, me: &str) -> Result<Vec<u8>, String> {
+    let inviter: iroh::EndpointId = ticket
+        .inviter
+        .parse()
+        .map_err(|_| "bad inviter id".to_string())?;
+    let addr = ticket
+        .addrs
+        .iter()
+        .fold(EndpointAddr::new(inviter), |a, ip| a.with_ip_addr(*ip));
+    let conn = endpoint
+        .connect(addr, JOIN_ALPN)
+        .await
+        .map_err(|e| format!("cannot reach the inviter: {e}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let secret = ticket.secret_bytes();
+    let proof = proof::make(&secret, Purpose::Join, &ticket.project, me, &ticket.inviter);
+    let ask = serde_json::to_vec(&JoinAsk {
+        project: ticket.project.clone(),
+        proof,
+    })
+    .expect("json");
+    frame::write(&mut send, &ask)
+        .await
+        .map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let answer = frame::read(&mut recv, MAX_HELLO_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer: JoinAnswer = answer
+        .and_then(|a| serde_json::from_slice(&a).ok())
+        .ok_or("the inviter sent no answer")?;
+    if !answer.ok {
+        return Err(format!("the inviter refused: {}", answer.error));
+    }
+    let genuine = proof::check(
+        &answer.proof,
+        &secret,
+        Purpose::Welcome,
+        &ticket.project,
+        &ticket.inviter,
+        me,
+    );
+    if !genuine {
+        return Err("the inviter could not prove it knows the project secret".into());
+    }
+    let state = frame::read(&mut recv, MAX_SYNC_FRAME_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.close(0u32.into(), b"joined");
+    state.ok_or_else(|| "the inviter sent no project state".into())
+}

@@ -1,0 +1,369 @@
+//! `meshstudio/sync/1`: y-sync of project documents between members. One
+//! bi-stream per shared project on a connection. Both sides first prove
+//! they know the project's secret (bound to both authenticated ids), then
+//! exchange state vectors and the diffs they imply — on every connection,
+//! so a reconnect always catches up — and then push new updates live.
+//!
+//! Remote updates are checked (size, counts, panic boundary) and applied
+//! with the `NET` origin; a peer that sends garbage is dropped and nothing
+//! of it is applied or stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::EndpointAddr;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use serde_json::json;
+use tokio::sync::mpsc;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Transact};
+
+use super::hub::Hub;
+use super::proof::{self, Purpose};
+use super::wire::{self, HELLO, Hello, MAX_SYNC_FRAME_BYTES, STEP1, STEP2, UPDATE};
+use super::{SYNC_ALPN, frame};
+use crate::project::ProjectDoc;
+use crate::project::doc::{NET, members};
+use crate::request::project_secret;
+
+/// Frames read ahead of the session loop.
+const FRAMES_IN_FLIGHT: usize = 16;
+/// Redial backoff: first wait and ceiling.
+const REDIAL_FIRST: Duration = Duration::from_millis(500);
+const REDIAL_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Frame(#[from] frame::FrameError),
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("connection: {0}")]
+    Connection(String),
+}
+
+/// The handler mounted on the node's router.
+#[derive(Debug, Clone)]
+pub struct SyncProtocol(pub Arc<Hub>);
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProtocolHandler for SyncProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = conn.remote_id().to_string();
+        tracing::info!(%peer, "sync connection in");
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let (hub, peer) = (self.0.clone(), peer.clone());
+            tokio::spawn(async move {
+                if let Err(e) = accept_stream(hub, &peer, send, recv).await {
+                    tracing::warn!(%peer, error = %e, "sync session ended");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The peer's hello, checked: a project we hold, the peer a member of it,
+/// a valid proof. Returns the project's secret.
+async fn check_hello(hub: &Arc<Hub>, peer: &str, hello: &Hello) -> Result<[u8; 32], SyncError> {
+    let (project, peer_s) = (hello.project.clone(), peer.to_string());
+    let secret = hub
+        .with_ctx(move |ctx| -> Option<[u8; 32]> {
+            let p = ProjectDoc::load(ctx.store().ok()?, &project).ok()?;
+            let is_member = members(&p.doc.transact(), &p.roots).contains(&peer_s);
+            is_member
+                .then(|| project_secret(ctx, &project).ok())
+                .flatten()
+        })
+        .await
+        .ok_or_else(|| SyncError::Refused(format!("not a member of {}", hello.project)))?;
+    if !proof::check(
+        &hello.proof,
+        &secret,
+        Purpose::Sync,
+        &hello.project,
+        peer,
+        &hub.me,
+    ) {
+        return Err(SyncError::Refused("wrong proof".into()));
+    }
+    Ok(secret)
+}
+
+async fn read_hello(recv: &mut RecvStream) -> Result<Hello, SyncError> {
+    let f = frame::read(recv, wire::MAX_HELLO_BYTES)
+        .await?
+        .ok_or_else(|| SyncError::Connection("closed before hello".into()))?;
+    match wire::split(&f)? {
+        (HELLO, body) => Ok(wire::decode_hello(body)?),
+        _ => Err(SyncError::Refused("expected hello".into())),
+    }
+}
+
+async fn send_hello(
+    hub: &Hub,
+    send: &mut SendStream,
+    secret: &[u8; 32],
+    project: &str,
+    peer: &str,
+) -> Result<(), SyncError> {
+    let proof = proof::make(secret, Purpose::Sync, project, &hub.me, peer);
+    let hello = serde_json::to_vec(&Hello {
+        project: project.into(),
+        proof,
+    })
+    .expect("json");
+    Ok(frame::write(send, &wire::frame(HELLO, &hello)).await?)
+}
+
+async fn accept_stream(
+    hub: Arc<Hub>,
+    peer: &str,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), SyncError> {
+    let hello = read_hello(&mut recv).await?;
+    let secret = check_hello(&hub, peer, &hello).await?;
+    send_hello(&hub, &mut send, &secret, &hello.project, peer).await?;
+    session(hub, hello.project, peer.to_string(), send, recv).await
+}
+
+/// Dials `addr` and syncs every project both sides are members of, until
+/// the connection ends.
+pub async fn dial(hub: Arc<Hub>, addr: EndpointAddr) -> Result<(), SyncError> {
+    let conn = hub
+        .endpoint
+        .connect(addr, SYNC_ALPN)
+        .await
+        .map_err(|e| SyncError::Connection(e.to_string()))?;
+    let peer = conn.remote_id().to_string();
+    tracing::info!(%peer, "sync connection out");
+    let peer_s = peer.clone();
+    let shared: Vec<(String, [u8; 32])> =
+        hub.with_ctx(move |ctx| shared_projects(ctx, &peer_s)).await;
+    let mut sessions = tokio::task::JoinSet::new();
+    for (project, secret) in shared {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| SyncError::Connection(e.to_string()))?;
+        send_hello(&hub, &mut send, &secret, &project, &peer).await?;
+        let hello = read_hello(&mut recv).await?;
+        if hello.project != project
+            || !proof::check(
+                &hello.proof,
+                &secret,
+                Purpose::Sync,
+                &project,
+                &peer,
+                &hub.me,
+            )
+        {
+            return Err(SyncError::Refused(
+                "the peer could not prove membership".into(),
+            ));
+        }
+        sessions.spawn(session(hub.clone(), project, peer.clone(), send, recv));
+    }
+    while let Some(done) = sessions.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(%peer, error = %e, "sync session ended");
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    Ok(())
+}
+
+/// Projects here that `peer` is a member of, with their secrets.
+fn shared_projects(ctx: &mut crate::request::Context, peer: &str) -> Vec<(String, [u8; 32])> {
+    let Ok(rows) = ctx.store().and_then(|s| Ok(s.projects()?)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for row in rows {
+        let Ok(store) = ctx.store() else { continue };
+        let Ok(p) = ProjectDoc::load(store, &row.id) else {
+            continue;
+        };
+        let is_member = members(&p.doc.transact(), &p.roots)
+            .iter()
+            .any(|m| m == peer);
+        if let (true, Ok(secret)) = (is_member, project_secret(ctx, &row.id)) {
+            out.push((row.id, secret));
+        }
+    }
+    out
+}
+
+/// Keeps dialing `addr` with backoff, so sync resumes by itself when a
+/// link comes back.
+pub async fn dial_forever(hub: Arc<Hub>, addr: EndpointAddr) {
+    let mut wait = REDIAL_FIRST;
+    loop {
+        match dial(hub.clone(), addr.clone()).await {
+            Ok(()) => wait = REDIAL_FIRST,
+            Err(e) => tracing::debug!(peer = %addr.id, error = %e, "sync dial failed"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(REDIAL_MAX);
+    }
+}
+
+/// One project's sync on one stream: catch up, then push and pull live.
+async fn session(
+    hub: Arc<Hub>,
+    project: String,
+    peer: String,
+    mut send: SendStream,
+    recv: RecvStream,
+) -> Result<(), SyncError> {
+    let mut changes = hub.changes.subscribe();
+    let mut frames = spawn_reader(recv);
+    let sv = our_state_vector(&hub, &project).await;
+    frame::write(&mut send, &wire::frame(STEP1, &sv.encode_v1())).await?;
+    let mut peer_sv: Option<StateVector> = None;
+    loop {
+        tokio::select! {
+            f = frames.recv() => {
+                let Some(f) = f else { return Ok(()) };
+                handle(&hub, &project, &peer, &mut send, &mut peer_sv, f?).await?;
+            }
+            change = changes.recv() => {
+                let concerns_us = change.as_ref().map_or(true, |c| c["project"] == project.as_str());
+                if let (true, Some(sv)) = (concerns_us, peer_sv.as_mut()) {
+                    push(&hub, &project, &mut send, sv).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Reads frames on a task of its own (a frame read is not cancel-safe).
+fn spawn_reader(mut recv: RecvStream) -> mpsc::Receiver<Result<Vec<u8>, SyncError>> {
+    let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
+    tokio::spawn(async move {
+        loop {
+            let next = frame::read(&mut recv, MAX_SYNC_FRAME_BYTES).await;
+            let stop = !matches!(next, Ok(Some(_)));
+            let sent = match next {
+                Ok(Some(f)) => tx.send(Ok(f)).await,
+                Ok(None) => return,
+                Err(e) => tx.send(Err(e.into())).await,
+            };
+            if stop || sent.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn handle(
+    hub: &Arc<Hub>,
+    project: &str,
+    peer: &str,
+    send: &mut SendStream,
+    peer_sv: &mut Option<StateVector>,
+    f: Vec<u8>,
+) -> Result<(), SyncError> {
+    match wire::split(&f)? {
+        (STEP1, body) => {
+            let sv = wire::decode_state_vector(body)?;
+            let diff = diff_for(hub, project, &sv).await;
+            frame::write(send, &wire::frame(STEP2, &diff)).await?;
+            *peer_sv = Some(sv);
+            *peer_sv = Some(our_state_vector(hub, project).await);
+        }
+        (STEP2 | UPDATE, body) => {
+            let applied = apply_remote(hub, project, body.to_vec()).await?;
+            if applied {
+                let _ = hub
+                    .changes
+                    .send(json!({ "op": "sync", "project": project, "from": peer }));
+            }
+        }
+        _ => return Err(SyncError::Refused("unexpected message".into())),
+    }
+    Ok(())
+}
+
+/// Sends the peer what it lacks, if anything.
+async fn push(
+    hub: &Arc<Hub>,
+    project: &str,
+    send: &mut SendStream,
+    peer_sv: &mut StateVector,
+) -> Result<(), SyncError> {
+    let diff = diff_for(hub, project, peer_sv).await;
+    if diff != [0, 0] {
+        frame::write(send, &wire::frame(UPDATE, &diff)).await?;
+    }
+    *peer_sv = our_state_vector(hub, project).await;
+    Ok(())
+}
+
+async fn our_state_vector(hub: &Arc<Hub>, project: &str) -> StateVector {
+    let project = project.to_string();
+    hub.with_ctx(move |ctx| {
+        let store = ctx.store().ok()?;
+        let p = ProjectDoc::load(store, &project).ok()?;
+        let sv = p.doc.transact().state_vector();
+        Some(sv)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+async fn diff_for(hub: &Arc<Hub>, project: &str, sv: &StateVector) -> Vec<u8> {
+    let (project, sv) = (project.to_string(), sv.clone());
+    hub.with_ctx(move |ctx| {
+        let store = ctx.store().ok()?;
+        let p = ProjectDoc::load(store, &project).ok()?;
+        let diff = p.doc.transact().encode_state_as_update_v1(&sv);
+        Some(diff)
+    })
+    .await
+    .unwrap_or_else(|| vec![0, 0])
+}
+
+/// Applies a peer's update and stores it; `false` if it changed nothing.
+async fn apply_remote(hub: &Arc<Hub>, project: &str, bytes: Vec<u8>) -> Result<bool, SyncError> {
+    let update = wire::decode_update(&bytes)?;
+    let project = project.to_string();
+    let applied = hub
+        .with_ctx(move |ctx| -> Result<bool, SyncError> {
+            let store = ctx.store().map_err(|e| SyncError::Refused(e.to_string()))?;
+            let p =
+                ProjectDoc::load(store, &project).map_err(|e| SyncError::Refused(e.to_string()))?;
+            let before = p.doc.transact().state_vector();
+            let mut applied = Ok(());
+            wire::guarded_apply(|| {
+                applied = p.doc.transact_mut_with(NET).apply_update(update);
+                applied.is_ok()
+            })?;
+            let after = p.doc.transact().state_vector();
+            let pending = p.doc.transact().has_missing_updates();
+            if before == after && !pending {
+                return Ok(false);
+            }
+            store
+                .write(|w| w.append_update(&project, &bytes).map(|_| ()))
+                .map_err(|e| SyncError::Refused(e.to_string()))?;
+            Ok(true)
+        })
+        .await?;
+    if applied {
+        hub.refresh_members().await;
+    }
+    Ok(applied)
+}

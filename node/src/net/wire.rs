@@ -1,0 +1,171 @@
+//! The sync protocol's messages and the checks remote bytes pass before
+//! yrs sees them. yrs' decoders trust declared counts (a 9-byte state
+//! vector claiming 500 M entries allocates ~1 GB) and assert on some
+//! malformed input in debug builds, so: counts are checked against the
+//! frame's size first, and decoding runs inside a panic boundary.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::{Deserialize, Serialize};
+use yrs::updates::decoder::Decode;
+use yrs::{StateVector, Update};
+
+/// Largest sync frame: a whole project's state in one update.
+pub const MAX_SYNC_FRAME_BYTES: usize = 32 << 20;
+/// Largest hello / join frame (JSON with ids and proofs).
+pub const MAX_HELLO_BYTES: usize = 4 << 10;
+/// Bytes each state-vector entry takes at least (two varints).
+const MIN_SV_ENTRY_BYTES: u64 = 2;
+
+/// Message kinds, the first byte of a sync frame.
+pub const HELLO: u8 = 1;
+pub const STEP1: u8 = 2;
+pub const STEP2: u8 = 3;
+pub const UPDATE: u8 = 4;
+
+/// The first message each side of a sync stream sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub project: String,
+    pub proof: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("an empty frame")]
+    Empty,
+    #[error("unknown message kind {0}")]
+    Kind(u8),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("{what} claims {claimed} entries in {bytes} bytes")]
+    Oversized {
+        what: &'static str,
+        claimed: u64,
+        bytes: usize,
+    },
+}
+
+/// Splits a frame into its kind and body.
+pub fn split(frame: &[u8]) -> Result<(u8, &[u8]), WireError> {
+    let (&kind, body) = frame.split_first().ok_or(WireError::Empty)?;
+    if !(HELLO..=UPDATE).contains(&kind) {
+        return Err(WireError::Kind(kind));
+    }
+    Ok((kind, body))
+}
+
+pub fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(body.len() + 1);
+    f.push(kind);
+    f.extend_from_slice(body);
+    f
+}
+
+/// The leading varint of `bytes` and how many bytes it took.
+fn leading_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Checks a declared count against the bytes that could hold it.
+fn check_count(what: &'static str, bytes: &[u8], min_entry: u64) -> Result<(), WireError> {
+    let (claimed, used) = leading_varint(bytes).ok_or(WireError::Malformed(what))?;
+    let room = (bytes.len() - used) as u64;
+    if claimed.saturating_mul(min_entry) > room {
+        return Err(WireError::Oversized {
+            what,
+            claimed,
+            bytes: bytes.len(),
+        });
+    }
+    Ok(())
+}
+
+fn guarded<T>(what: &'static str, f: impl FnOnce() -> Option<T>) -> Result<T, WireError> {
+    catch_unwind(AssertUnwindSafe(f))
+        .ok()
+        .flatten()
+        .ok_or(WireError::Malformed(what))
+}
+
+pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, WireError> {
+    check_count("state vector", bytes, MIN_SV_ENTRY_BYTES)?;
+    guarded("state vector", || StateVector::decode_v1(bytes).ok())
+}
+
+pub fn decode_update(bytes: &[u8]) -> Result<Update, WireError> {
+    check_count("update", bytes, 1)?;
+    guarded("update", || Update::decode_v1(bytes).ok())
+}
+
+pub fn decode_hello(bytes: &[u8]) -> Result<Hello, WireError> {
+    if bytes.len() > MAX_HELLO_BYTES {
+        return Err(WireError::Malformed("hello (too long)"));
+    }
+    serde_json::from_slice(bytes).map_err(|_| WireError::Malformed("hello"))
+}
+
+/// Runs `f` (applying a decoded update) inside a panic boundary.
+pub fn guarded_apply(f: impl FnOnce() -> bool) -> Result<(), WireError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(true) => Ok(()),
+        _ => Err(WireError::Malformed("update (does not apply)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::ReadTxn;
+    use yrs::updates::encoder::Encode;
+
+    #[test]
+    fn an_inflated_count_is_refused_before_decoding() {
+        // 500 M entries in 9 bytes: yrs would allocate ~1 GB before failing.
+        let bomb = [0x80, 0xca, 0xb5, 0xee, 0x01, 1, 2, 3, 4];
+        assert!(matches!(
+            decode_state_vector(&bomb),
+            Err(WireError::Oversized { .. })
+        ));
+        assert!(matches!(
+            decode_update(&bomb),
+            Err(WireError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn real_messages_pass() {
+        let doc = yrs::Doc::new();
+        let text = yrs::Transact::transact(&doc).state_vector().encode_v1();
+        assert!(decode_state_vector(&text).is_ok());
+        let update =
+            yrs::Transact::transact(&doc).encode_state_as_update_v1(&StateVector::default());
+        assert!(decode_update(&update).is_ok());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..300 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = decode_state_vector(&bytes);
+            let _ = decode_update(&bytes);
+            let _ = decode_hello(&bytes);
+            let _ = split(&bytes);
+        }
+    }
+}

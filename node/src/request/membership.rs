@@ -1,0 +1,74 @@
+//! `invite` and `join`: how a laptop becomes a member of a project. Both
+//! need the running node (its network endpoint). A join writes nothing
+//! until the inviter has proved it knows the project's secret.
+
+use serde_json::{Value, json};
+
+use super::{Context, ProjectRecord, RequestError, Result, now_ms, project_secret, resolve};
+use crate::net::hub::member_union;
+use crate::net::ticket::Ticket;
+use crate::net::{join, sync, wire};
+use crate::project::ProjectDoc;
+
+pub fn invite(ctx: &mut Context, project: &str) -> Result<Value> {
+    let net = ctx.net("invite")?;
+    let p = resolve::project(ctx.store()?, project)?;
+    let secret = project_secret(ctx, &p.id)?;
+    let addrs: Vec<_> = net.endpoint.addr().ip_addrs().copied().collect();
+    let ticket = Ticket {
+        project: p.id.clone(),
+        secret: data_encoding::HEXLOWER.encode(&secret),
+        inviter: net.endpoint.id().to_string(),
+        addrs,
+    };
+    Ok(json!({ "project": p.id, "name": p.name(), "ticket": ticket.encode() }))
+}
+
+pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
+    let net = ctx.net("join")?;
+    let ticket = Ticket::decode(text).map_err(|e| RequestError::Invalid(e.to_string()))?;
+    if ctx.store()?.project(&ticket.project)?.is_some() {
+        return Err(RequestError::Invalid(format!(
+            "already a member of {}",
+            ticket.project
+        )));
+    }
+    let me = ctx.node_id()?;
+    let state = net
+        .runtime
+        .block_on(join::ask(&net.endpoint, &ticket, &me))
+        .map_err(RequestError::Invalid)?;
+    wire::decode_update(&state)
+        .map_err(|e| RequestError::Invalid(format!("the inviter sent {e}")))?;
+    store_joined(ctx, &ticket, &state)?;
+    let p = ProjectDoc::load(ctx.store()?, &ticket.project)?;
+    if let Some(hub) = net.hub.upgrade() {
+        *hub.members.write().unwrap_or_else(|e| e.into_inner()) = member_union(ctx)?;
+        let inviter = ticket.inviter.parse().expect("validated with the ticket");
+        let addr = ticket
+            .addrs
+            .iter()
+            .fold(iroh::EndpointAddr::new(inviter), |a, ip| {
+                a.with_ip_addr(*ip)
+            });
+        net.runtime.spawn(sync::dial_forever(hub, addr));
+    }
+    Ok(json!({ "project": ticket.project, "name": p.name(), "inviter": ticket.inviter }))
+}
+
+/// The project record (with the secret), its state, and the inviter as a
+/// remembered peer — in one transaction.
+fn store_joined(ctx: &mut Context, ticket: &Ticket, state: &[u8]) -> Result<()> {
+    let record = ProjectRecord {
+        created: now_ms(),
+        secret: Some(ticket.secret.clone()),
+    };
+    let record = serde_json::to_vec(&record).expect("json");
+    let peer = serde_json::to_vec(&json!({ "addrs": ticket.addrs })).expect("json");
+    ctx.store()?.write(|w| {
+        w.put_project(&ticket.project, &record)?;
+        w.append_update(&ticket.project, state)?;
+        w.put_peer(&ticket.inviter, &peer)
+    })?;
+    Ok(())
+}

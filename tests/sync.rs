@@ -1,0 +1,142 @@
+//! Mesh sync between real node processes on loopback: invite and join,
+//! live convergence, catch-up after offline edits, and strangers refused.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::node::Node;
+use crate::studio::Studio;
+use crate::support::*;
+
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The ticket: the last line `invite` prints.
+fn invite(s: &Studio, project: &str) -> String {
+    s.ok(&["invite", project])
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Waits until both show the same project, then returns the view.
+fn converged(a: &Studio, b: &Studio, project: &str) -> Value {
+    let mut last = (Value::Null, Value::Null);
+    wait_until(CONVERGE_TIMEOUT, "the two nodes to converge", || {
+        last = (a.show(project), b.show(project));
+        last.0 == last.1
+    });
+    last.0
+}
+
+#[test]
+fn a_joined_node_converges_live_and_after_offline_edits() {
+    let a = Studio::with_node();
+    let mut b = Studio::with_node();
+    let p = a.json(&["project", "new", "Shared"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["track", "add", &p, "Drums"]);
+    b.ok(&["join", &invite(&a, &p)]);
+    let v = converged(&a, &b, &p);
+    assert_eq!(v["members"].as_array().unwrap().len(), 2);
+
+    // Live: edits on either side arrive on the other.
+    b.ok(&["track", "add", &p, "Bass"]);
+    a.ok(&["story", "add", &p, "from A"]);
+    converged(&a, &b, &p);
+
+    // Offline: B's node stops; both sides edit; B comes back and catches up.
+    b.node.take().unwrap().stop();
+    a.ok(&["track", "set", &p, "Drums", "--gain", "-3"]);
+    a.ok(&["track", "add", &p, "Keys"]);
+    b.ok(&["track", "set", &p, "Drums", "--pan", "0.5"]);
+    b.ok(&["story", "add", &p, "from B, offline"]);
+    let lyrics = b.path().join("l.txt");
+    std::fs::write(&lyrics, "we sang it twice").unwrap();
+    b.ok(&["lyrics", &p, "--set", lyrics.to_str().unwrap()]);
+    b.node = Some(Node::start(b.path()));
+    let v = converged(&a, &b, &p);
+    let names: Vec<&str> = v["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for name in ["Drums", "Bass", "Keys"] {
+        assert!(names.contains(&name), "{name} lost: {names:?}");
+    }
+    let drums = v["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "Drums")
+        .unwrap();
+    assert_eq!(drums["gain_db"].as_f64(), Some(-3.0), "A's gain kept");
+    assert_eq!(drums["pan"].as_f64(), Some(0.5), "B's pan kept");
+    assert_eq!(v["stories"].as_array().unwrap().len(), 2);
+    assert_eq!(v["lyrics"], "we sang it twice");
+}
+
+#[test]
+fn a_wrong_secret_or_a_damaged_ticket_gets_nothing() {
+    let a = Studio::with_node();
+    let stranger = Studio::with_node();
+    let p = a.json(&["project", "new", "Private"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ticket = invite(&a, &p);
+    // Same ticket, another secret (with a valid checksum): the inviter refuses.
+    let forged = forge_secret(&ticket);
+    let err = stranger.fails(&["join", &forged]);
+    assert!(err.contains("secret is wrong"), "{err}");
+    let mut damaged = ticket.clone();
+    damaged.truncate(ticket.len() - 5);
+    assert!(stranger.fails(&["join", &damaged]).contains("damaged"));
+    assert!(
+        stranger
+            .fails(&["join", "hello"])
+            .contains("not a meshstudio ticket")
+    );
+    assert!(
+        stranger
+            .json(&["project", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing stored"
+    );
+    assert_eq!(
+        a.show(&p)["members"].as_array().unwrap().len(),
+        1,
+        "no member added"
+    );
+}
+
+#[test]
+fn invite_and_join_need_a_running_node() {
+    let s = Studio::new();
+    s.ok(&["project", "new", "P"]);
+    assert!(s.fails(&["invite", "P"]).contains("needs a running node"));
+}
+
+/// Re-encodes `ticket` with a different secret and a correct checksum.
+fn forge_secret(ticket: &str) -> String {
+    let body = ticket.strip_prefix("msjoin1").unwrap().to_ascii_uppercase();
+    let bytes = data_encoding::BASE32_NOPAD.decode(body.as_bytes()).unwrap();
+    let mut json: Value = serde_json::from_slice(&bytes[..bytes.len() - 4]).unwrap();
+    json["secret"] = Value::from("cd".repeat(32));
+    let mut out = serde_json::to_vec(&json).unwrap();
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(&sum.as_bytes()[..4]);
+    format!(
+        "msjoin1{}",
+        data_encoding::BASE32_NOPAD
+            .encode(&out)
+            .to_ascii_lowercase()
+    )
+}
