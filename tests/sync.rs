@@ -140,3 +140,43 @@ fn forge_secret(ticket: &str) -> String {
             .to_ascii_lowercase()
     )
 }
+
+#[test]
+fn stems_follow_the_state_and_mix_identically() {
+    let a = Studio::with_node();
+    let b = Studio::with_node();
+    let p = a.json(&["project", "new", "Song"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let noise = format!("{ALSA_SOUNDS}/Noise.wav");
+    let center = format!("{ALSA_SOUNDS}/Front_Center.wav");
+    let imported = a.json(&["import", &p, &noise, &center]);
+    b.ok(&["join", &invite(&a, &p)]);
+    let v = converged(&a, &b, &p);
+    let blob = imported["imported"][0]["blob"].as_str().unwrap();
+    assert_eq!(
+        v["tracks"][0]["clips"][0]["blob"], blob,
+        "the same BLAKE3 hash on B"
+    );
+    let (wa, wb) = (a.path().join("a.wav"), b.path().join("b.wav"));
+    a.ok(&["mixdown", &p, wa.to_str().unwrap()]);
+    wait_until(CONVERGE_TIMEOUT, "B to have every stem", || {
+        b.run(&["mixdown", &p, wb.to_str().unwrap()])
+            .status
+            .success()
+    });
+    assert_eq!(
+        std::fs::read(&wa).unwrap(),
+        std::fs::read(&wb).unwrap(),
+        "byte-identical mixdowns"
+    );
+    // A stem imported later on B reaches A too.
+    b.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Rear_Left.wav")]);
+    converged(&a, &b, &p);
+    wait_until(CONVERGE_TIMEOUT, "A to have B's stem", || {
+        a.run(&["mixdown", &p, wa.to_str().unwrap()])
+            .status
+            .success()
+    });
+}

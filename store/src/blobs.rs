@@ -85,6 +85,11 @@ impl BlobStore {
         self.store.tags().set(name, hash).await.map_err(blob_err)
     }
 
+    /// A handle on the store's API, for serving and downloading blobs.
+    pub fn api(&self) -> iroh_blobs::api::Store {
+        (*self.store).clone()
+    }
+
     /// Whether the blob is complete here.
     pub async fn has(&self, hash: Hash) -> Result<bool, StoreError> {
         self.store.blobs().has(hash).await.map_err(blob_err)
@@ -134,6 +139,14 @@ impl BlobStore {
     pub async fn shutdown(self) -> Result<(), StoreError> {
         self.store.shutdown().await.map_err(blob_err)
     }
+}
+
+/// Tags a stem that arrived from elsewhere (a download) so GC keeps it,
+/// and makes that durable.
+pub async fn keep_stem(api: &iroh_blobs::api::Store, hash: Hash) -> Result<(), StoreError> {
+    let name = format!("{STEM_TAG_PREFIX}{}", hash.to_hex());
+    api.tags().set(name, hash).await.map_err(blob_err)?;
+    api.sync_db().await.map_err(blob_err)
 }
 
 /// Drops the tags of stems not in `keep`, then runs the store's garbage

@@ -26,6 +26,10 @@ pub struct Hub {
     /// Union of all projects' member lists.
     pub members: Arc<RwLock<HashSet<String>>>,
     pub changes: broadcast::Sender<Value>,
+    /// The stem store, served to members and filled from them.
+    pub blobs: iroh_blobs::api::Store,
+    /// Stems being downloaded now, so two sessions never fetch one twice.
+    pub fetching: Mutex<HashSet<meshstudio_store::Hash>>,
 }
 
 impl Hub {

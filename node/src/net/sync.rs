@@ -284,12 +284,19 @@ async fn handle(
             *peer_sv = Some(sv);
             *peer_sv = Some(our_state_vector(hub, project).await);
         }
-        (STEP2 | UPDATE, body) => {
+        (kind @ (STEP2 | UPDATE), body) => {
             let applied = apply_remote(hub, project, body.to_vec()).await?;
             if applied {
-                let _ = hub
-                    .changes
-                    .send(json!({ "op": "sync", "project": project, "from": peer }));
+                let change = json!({ "op": "sync", "project": project, "from": peer });
+                let _ = hub.changes.send(change);
+            }
+            // After the catch-up, and whenever new state arrives, get its stems.
+            if let (true, Ok(id)) = (applied || kind == STEP2, peer.parse()) {
+                tokio::spawn(super::fetch::fetch_missing(
+                    hub.clone(),
+                    project.to_string(),
+                    id,
+                ));
             }
         }
         _ => return Err(SyncError::Refused("unexpected message".into())),

@@ -100,7 +100,17 @@ async fn serve(
         ))
     };
     let endpoint = bind_endpoint(opts, secret, Gate(members.clone())).await?;
+    // Opening the blob store blocks on a runtime of its own: not on this one.
+    let opener = ctx.clone();
+    let blobs = tokio::task::spawn_blocking(move || {
+        opener.lock().unwrap_or_else(|p| p.into_inner()).blob_api()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let hub = Arc::new(Hub {
+        blobs: blobs.clone(),
+        fetching: Mutex::new(Default::default()),
         ctx: ctx.clone(),
         endpoint: endpoint.clone(),
         me: endpoint.id().to_string(),
@@ -116,6 +126,10 @@ async fn serve(
     let protocols = iroh::protocol::Router::builder(endpoint.clone())
         .accept(SYNC_ALPN, SyncProtocol(hub.clone()))
         .accept(JOIN_ALPN, JoinProtocol(hub.clone()))
+        .accept(
+            iroh_blobs::ALPN,
+            iroh_blobs::BlobsProtocol::new(&blobs, None),
+        )
         .spawn();
     redial_remembered(&hub).await;
     let listener = bind_api(opts.api).await?;
@@ -150,7 +164,12 @@ async fn serve(
         })
         .await;
     tracing::info!("stopping: closing the endpoint");
+    // Shutting the router down also shuts the blob store (it serves it).
     protocols.shutdown().await.map_err(|e| e.to_string())?;
+    hub.ctx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .forget_blobs();
     served.map_err(|e| format!("API server: {e}"))
 }
 

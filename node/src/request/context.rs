@@ -87,6 +87,17 @@ impl Context {
         Ok(self.blobs.as_ref().expect("opened above"))
     }
 
+    /// The blob store's API handle (opening the store if needed).
+    pub fn blob_api(&mut self) -> Result<iroh_blobs::api::Store> {
+        Ok(self.blobs()?.api())
+    }
+
+    /// The blob store was shut down by its other owner (the node's router
+    /// closes it on shutdown); don't close it again.
+    pub fn forget_blobs(&mut self) {
+        self.blobs = None;
+    }
+
     /// Adds a file to the blob store (tagged, synced); returns its hash.
     pub fn import_blob(&mut self, path: &Path) -> Result<Hash> {
         self.blobs()?;
