@@ -298,10 +298,25 @@ fn add_clip(
         return;
     };
     let clip_gain = db_to_gain(clip.gain_db);
+    let (first, end) = (
+        block_start + range.start as u64,
+        block_start + range.end as u64,
+    );
     let span = range.start * CHANNELS..range.end * CHANNELS;
     let frames = out[span.clone()]
         .chunks_exact_mut(CHANNELS)
         .zip(samples[span].chunks_exact(CHANNELS));
+    // Outside both fades the fade gain is exactly 1.0, so skipping it gives
+    // bit-identical output for a fraction of the work (most of every clip).
+    let no_fade =
+        first >= clip.start + clip.fade_in && end <= clip.end() - clip.fade_out.min(clip.length);
+    if no_fade {
+        for (out, sample) in frames {
+            out[0] += sample[0] * clip_gain * track_gains[0];
+            out[1] += sample[1] * clip_gain * track_gains[1];
+        }
+        return;
+    }
     for (i, (out, sample)) in range.zip(frames) {
         let gain = clip_gain * clip.fade_gain(block_start + i as u64);
         out[0] += sample[0] * gain * track_gains[0];
