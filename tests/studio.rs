@@ -511,3 +511,59 @@ fn a_full_disk_fails_cleanly_and_changes_nothing() {
         "no half-written stem left"
     );
 }
+
+#[test]
+fn markers_and_comments_are_part_of_the_song() {
+    let s = Studio::new();
+    s.ok(&["config", "set", "author", "Ayanda"]);
+    s.ok(&["project", "new", "P"]);
+    s.ok(&["track", "add", "P", "Vocals"]);
+    s.ok(&["marker", "add", "P", "30", "Chorus"]);
+    s.ok(&["marker", "add", "P", "12.5", "Verse 2"]);
+    s.ok(&[
+        "comment",
+        "add",
+        "P",
+        "breathe before the high note",
+        "--track",
+        "Vocals",
+        "--at",
+        "31",
+    ]);
+    let v = s.show("P");
+    let markers: Vec<_> = v["markers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].clone(), m["at"].clone()))
+        .collect();
+    assert_eq!(
+        markers,
+        [
+            (json_s("Verse 2"), 600_000.into()),
+            (json_s("Chorus"), 1_440_000.into())
+        ]
+    );
+    let c = &v["comments"][0];
+    assert_eq!(
+        (c["author"].as_str(), c["at"].as_i64()),
+        (Some("Ayanda"), Some(1_488_000))
+    );
+    assert_eq!(c["track"], v["tracks"][0]["id"]);
+    assert!(
+        s.fails(&["marker", "add", "P", "-1", "Before"])
+            .contains("not a time")
+    );
+    s.ok(&["marker", "rm", "P", "Chorus"]);
+    assert_eq!(s.show("P")["markers"].as_array().unwrap().len(), 1);
+    s.ok(&["undo", "P"]);
+    assert_eq!(
+        s.show("P")["markers"].as_array().unwrap().len(),
+        2,
+        "undo brings the marker back"
+    );
+}
+
+fn json_s(s: &str) -> Value {
+    Value::from(s)
+}

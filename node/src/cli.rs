@@ -156,6 +156,21 @@ enum Command {
     },
     /// Bounce a project to one stereo 48 kHz file, from its Opus stems.
     Mixdown(MixdownArgs),
+    /// Markers on the song's timeline.
+    #[command(allow_negative_numbers = true)]
+    Marker {
+        #[command(subcommand)]
+        cmd: studio::MarkerCmd,
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Comments on a project, its tracks and moments.
+    Comment {
+        #[command(subcommand)]
+        cmd: studio::CommentCmd,
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Stories and notes traded between sites.
     Story {
         #[command(subcommand)]
@@ -307,7 +322,7 @@ pub fn main() -> ExitCode {
 /// Runs a command that works on the node's data.
 fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Result<(), Failure> {
     use crate::request::Request as R;
-    use studio::{ClipCmd, ProjectCmd, StoryCmd, TrackCmd};
+    use studio::{ClipCmd, CommentCmd, MarkerCmd, ProjectCmd, StoryCmd, TrackCmd};
     let dir =
         meshstudio_store::resolve_data_dir(data_dir).map_err(|e| report_line(&e.to_string()))?;
     let (request, json) = match command {
@@ -446,6 +461,39 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
             )
         }
         Command::Gc { json } => (R::Gc, json),
+        Command::Marker { cmd, json } => match cmd {
+            MarkerCmd::Add {
+                project,
+                seconds,
+                name,
+            } => (
+                R::MarkerAdd {
+                    project,
+                    at_seconds: seconds,
+                    name,
+                },
+                json,
+            ),
+            MarkerCmd::Rm { project, marker } => (R::MarkerRm { project, marker }, json),
+        },
+        Command::Comment {
+            cmd:
+                CommentCmd::Add {
+                    project,
+                    text,
+                    track,
+                    at,
+                },
+            json,
+        } => {
+            let args = crate::request::CommentArgs {
+                project,
+                text,
+                track,
+                at_seconds: at,
+            };
+            (R::CommentAdd(args), json)
+        }
         Command::Invite { project, json } => (R::Invite { project }, json),
         Command::Join { ticket, json } => (R::Join { ticket }, json),
         Command::Undo { project, json } => (R::Undo { project }, json),

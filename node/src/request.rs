@@ -24,7 +24,7 @@ pub use clips::ClipChanges;
 pub use context::{Context, NetHandle};
 
 use crate::project::doc::{self, key};
-use crate::project::ops::{self, Change, Fields, UndoEntry};
+use crate::project::ops::{self, Change, EntryList, Fields, UndoEntry};
 use crate::project::{ProjectDoc, ProjectView};
 
 /// An operation on the node's data. Paths are absolute.
@@ -99,6 +99,16 @@ pub enum Request {
         format: SampleFormat,
     },
     Gc,
+    MarkerAdd {
+        project: String,
+        at_seconds: f64,
+        name: String,
+    },
+    MarkerRm {
+        project: String,
+        marker: String,
+    },
+    CommentAdd(CommentArgs),
     Invite {
         project: String,
     },
@@ -225,6 +235,13 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
             format,
         } => bounce::export_tracks(ctx, &project, &dir, format, progress),
         Request::Gc => gc::run(ctx),
+        Request::MarkerAdd {
+            project,
+            at_seconds,
+            name,
+        } => marker_add(ctx, &project, at_seconds, &name),
+        Request::MarkerRm { project, marker } => marker_rm(ctx, &project, &marker),
+        Request::CommentAdd(c) => comment_add(ctx, &c),
         Request::Invite { project } => membership::invite(ctx, &project),
         Request::Join { ticket } => membership::join(ctx, &ticket),
         Request::Undo { project } => undo::step(ctx, &project, false),
@@ -432,26 +449,106 @@ fn track_rm(ctx: &mut Context, project: &str, track: &str) -> Result<Value> {
 }
 
 fn story_add(ctx: &mut Context, project: &str, text: &str) -> Result<Value> {
+    let mut fields = signed(ctx)?;
+    fields.insert(key::TEXT.into(), json!(text));
+    add_entry(ctx, project, EntryList::Stories, "add story", fields)
+}
+
+/// Author, site and time: what every story and comment carries.
+fn signed(ctx: &mut Context) -> Result<Fields> {
     let author = ctx.store()?.setting("author")?.unwrap_or_default();
     let site = ctx.store()?.setting("site")?.unwrap_or_default();
-    let p = writable(ctx, project)?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let fields = Fields::from([
+    Ok(Fields::from([
         (key::AUTHOR.into(), json!(author)),
         (key::SITE.into(), json!(site)),
         (key::TIME.into(), json!(now_ms())),
-        (key::TEXT.into(), json!(text)),
-    ]);
+    ]))
+}
+
+fn add_entry(
+    ctx: &mut Context,
+    project: &str,
+    list: EntryList,
+    label: &str,
+    fields: Fields,
+) -> Result<Value> {
+    let p = writable(ctx, project)?;
+    let id = uuid::Uuid::new_v4().to_string();
     edit(
         ctx,
         &p,
-        "add story",
-        vec![Change::AddStory {
-            story: id.clone(),
+        label,
+        vec![Change::AddEntry {
+            list,
+            id: id.clone(),
             fields,
         }],
     )?;
-    Ok(json!({ "project": p.id, "story": id }))
+    Ok(json!({ "project": p.id, "id": id }))
+}
+
+/// Seconds on the timeline → 48 kHz frames, refusing what is not a time.
+fn song_frames(seconds: f64, what: &str) -> Result<i64> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(RequestError::Invalid(format!(
+            "{what} {seconds} is not a time in the song"
+        )));
+    }
+    Ok((seconds * 48_000.0).round() as i64)
+}
+
+fn marker_add(ctx: &mut Context, project: &str, at_seconds: f64, name: &str) -> Result<Value> {
+    let fields = Fields::from([
+        (
+            key::AT.into(),
+            json!(song_frames(at_seconds, "marker time")?),
+        ),
+        (key::NAME.into(), json!(name)),
+    ]);
+    add_entry(ctx, project, EntryList::Markers, "add marker", fields)
+}
+
+fn marker_rm(ctx: &mut Context, project: &str, marker: &str) -> Result<Value> {
+    let p = writable(ctx, project)?;
+    let view = ProjectView::of(&p);
+    let candidates: Vec<_> = view
+        .markers
+        .iter()
+        .map(|m| (m.id.clone(), m.name.clone()))
+        .collect();
+    let id = resolve::pick("marker", marker, &candidates)?;
+    edit(
+        ctx,
+        &p,
+        "remove marker",
+        vec![Change::RemoveEntry {
+            list: EntryList::Markers,
+            id: id.clone(),
+        }],
+    )?;
+    Ok(json!({ "project": p.id, "removed": id }))
+}
+
+fn comment_add(ctx: &mut Context, c: &CommentArgs) -> Result<Value> {
+    let mut fields = signed(ctx)?;
+    fields.insert(key::TEXT.into(), json!(c.text));
+    if let Some(at) = c.at_seconds {
+        fields.insert(key::AT.into(), json!(song_frames(at, "--at")?));
+    }
+    if let Some(track) = &c.track {
+        let p = resolve::project(ctx.store()?, &c.project)?;
+        fields.insert(key::TRACK.into(), json!(resolve::track(&p, track)?.0));
+    }
+    add_entry(ctx, &c.project, EntryList::Comments, "add comment", fields)
+}
+
+/// A comment on a project, optionally about a track and/or a moment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommentArgs {
+    pub project: String,
+    pub text: String,
+    pub track: Option<String>,
+    pub at_seconds: Option<f64>,
 }
 
 fn lyrics(ctx: &mut Context, project: &str, set: Option<&str>) -> Result<Value> {

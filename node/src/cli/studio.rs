@@ -95,6 +95,34 @@ pub enum ClipCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum MarkerCmd {
+    /// Mark a moment in the song (verse, chorus, "the good take").
+    #[command(allow_negative_numbers = true)]
+    Add {
+        project: String,
+        /// Where, in seconds.
+        seconds: f64,
+        name: String,
+    },
+    /// Remove a marker (by id, id prefix or unique name).
+    Rm { project: String, marker: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommentCmd {
+    /// Comment on the project, a track (--track) or a moment (--at).
+    #[command(allow_negative_numbers = true)]
+    Add {
+        project: String,
+        text: String,
+        #[arg(long, value_name = "TRACK")]
+        track: Option<String>,
+        #[arg(long, value_name = "SECONDS")]
+        at: Option<f64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum StoryCmd {
     /// Add a story or note for the other sites.
     Add { project: String, text: String },
@@ -297,6 +325,24 @@ fn print_project(v: &Value) {
                 c["source"].as_str().unwrap_or_default()
             );
         }
+    }
+    for m in v["markers"].as_array().into_iter().flatten() {
+        let at = m["at"].as_f64().unwrap_or_default() / 48_000.0;
+        println!(
+            "  marker at {at:>9.3} s  {}",
+            m["name"].as_str().unwrap_or_default()
+        );
+    }
+    for c in v["comments"].as_array().into_iter().flatten() {
+        let about = c["at"]
+            .as_f64()
+            .map(|f| format!(" at {:.3} s", f / 48_000.0))
+            .unwrap_or_default();
+        println!(
+            "  comment by {}{about}: {}",
+            c["author"].as_str().unwrap_or("?"),
+            c["text"].as_str().unwrap_or_default()
+        );
     }
     for st in v["stories"].as_array().into_iter().flatten() {
         println!(

@@ -11,7 +11,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Transact, Update};
 
 use super::doc::{NET, key};
-use super::ops::{Change, Fields, apply_all};
+use super::ops::{Change, EntryList, Fields, apply_all};
 use super::{ProjectDoc, ProjectView};
 
 const REPLICAS: usize = 3;
@@ -161,7 +161,11 @@ impl World {
             let id = self.fresh("story");
             self.ledger.stories.insert(id.clone());
             let fields = Fields::from([(key::TEXT.into(), json!(format!("story by {r}")))]);
-            return vec![Change::AddStory { story: id, fields }];
+            return vec![Change::AddEntry {
+                list: EntryList::Stories,
+                id,
+                fields,
+            }];
         }
         let token = format!("<{}>", self.fresh("w"));
         self.ledger.lyrics_tokens.push(token.clone());

@@ -4,9 +4,9 @@
 //! schema, created); `tracks` map keyed by UUID → a map with one key per
 //! field and a `clips` map created in the same transaction (a lazily
 //! created nested map loses concurrent inserts); clips keyed by UUID → a
-//! map per clip; `stories` map keyed by UUID; `lyrics` text with UTF-16
-//! offsets, as browser Yjs counts them. (`markers` and `comments` are
-//! reserved root names for the next steps.)
+//! map per clip; `stories`, `markers` and `comments` maps keyed by UUID;
+//! `members` keyed by node id; `lyrics` text with UTF-16 offsets, as
+//! browser Yjs counts them.
 //! Keys this build doesn't know are left untouched.
 
 use meshstudio_store::{Store, StoreError, StoredDoc};
@@ -31,7 +31,10 @@ pub(crate) mod key {
     pub const META: &str = "meta";
     pub const TRACKS: &str = "tracks";
     pub const CLIPS: &str = "clips";
-    // Reserved root names, not written by this build yet: "markers", "comments".
+    pub const MARKERS: &str = "markers";
+    pub const COMMENTS: &str = "comments";
+    pub const TRACK: &str = "track";
+    pub const AT: &str = "at";
     pub const STORIES: &str = "stories";
     pub const MEMBERS: &str = "members";
     pub const ADDED_BY: &str = "added_by";
@@ -87,6 +90,8 @@ pub struct Roots {
     pub meta: MapRef,
     pub tracks: MapRef,
     pub stories: MapRef,
+    pub markers: MapRef,
+    pub comments: MapRef,
     /// Node id → when and by whom it was added. Keyed by identity on
     /// purpose: two sites adding the same node agree on what it means.
     pub members: MapRef,
@@ -111,6 +116,8 @@ fn roots(doc: &Doc) -> Roots {
         meta: doc.get_or_insert_map(key::META),
         tracks: doc.get_or_insert_map(key::TRACKS),
         stories: doc.get_or_insert_map(key::STORIES),
+        markers: doc.get_or_insert_map(key::MARKERS),
+        comments: doc.get_or_insert_map(key::COMMENTS),
         members: doc.get_or_insert_map(key::MEMBERS),
         lyrics: doc.get_or_insert_text(key::LYRICS),
     }

@@ -52,17 +52,39 @@ pub enum Change {
         value: Value,
         expect: Option<Value>,
     },
-    AddStory {
-        story: String,
+    /// An entry of a keyed list (stories, markers, comments).
+    AddEntry {
+        list: EntryList,
+        id: String,
         fields: Fields,
     },
-    RemoveStory {
-        story: String,
+    RemoveEntry {
+        list: EntryList,
+        id: String,
     },
     SetLyrics {
         text: String,
         expect: Option<String>,
     },
+}
+
+/// The project's keyed lists of small records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryList {
+    Stories,
+    Markers,
+    Comments,
+}
+
+impl EntryList {
+    fn map(self, roots: &Roots) -> &MapRef {
+        match self {
+            EntryList::Stories => &roots.stories,
+            EntryList::Markers => &roots.markers,
+            EntryList::Comments => &roots.comments,
+        }
+    }
 }
 
 /// A local edit: what it did and how to take it back.
@@ -224,13 +246,15 @@ fn inverse_of(txn: &TransactionMut, roots: &Roots, change: &Change) -> Option<Ch
                 expect: Some(value.clone()),
             }
         }
-        Change::AddStory { story, .. } => Change::RemoveStory {
-            story: story.clone(),
+        Change::AddEntry { list, id, .. } => Change::RemoveEntry {
+            list: *list,
+            id: id.clone(),
         },
-        Change::RemoveStory { story } => {
-            let m = child_map(txn, &roots.stories, story)?;
-            Change::AddStory {
-                story: story.clone(),
+        Change::RemoveEntry { list, id } => {
+            let m = child_map(txn, list.map(roots), id)?;
+            Change::AddEntry {
+                list: *list,
+                id: id.clone(),
                 fields: fields_of(txn, &m),
             }
         }
@@ -307,11 +331,11 @@ fn apply(txn: &mut TransactionMut, roots: &Roots, change: &Change) -> bool {
             };
             set_if(txn, &m, key, value, expect.as_ref())
         }
-        Change::AddStory { story, fields } => {
-            roots.stories.insert(txn, story.clone(), prelim_of(fields));
+        Change::AddEntry { list, id, fields } => {
+            list.map(roots).insert(txn, id.clone(), prelim_of(fields));
             true
         }
-        Change::RemoveStory { story } => roots.stories.remove(txn, story).is_some(),
+        Change::RemoveEntry { list, id } => list.map(roots).remove(txn, id).is_some(),
         Change::SetLyrics { text, expect } => {
             let current = yrs::GetString::get_string(&roots.lyrics, txn);
             if expect.as_ref().is_some_and(|e| *e != current) {

@@ -17,6 +17,8 @@ pub struct ProjectView {
     pub sample_rate: i64,
     pub tracks: Vec<TrackView>,
     pub stories: Vec<StoryView>,
+    pub markers: Vec<MarkerView>,
+    pub comments: Vec<CommentView>,
     pub lyrics: String,
     /// Member node ids, sorted.
     pub members: Vec<String>,
@@ -53,6 +55,28 @@ pub struct ClipView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MarkerView {
+    pub id: String,
+    /// Timeline position in 48 kHz frames.
+    pub at: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommentView {
+    pub id: String,
+    pub author: String,
+    pub site: String,
+    /// Milliseconds since the Unix epoch.
+    pub time: i64,
+    pub text: String,
+    /// The track it is about, if any.
+    pub track: Option<String>,
+    /// The song position (48 kHz frames) it is about, if any.
+    pub at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoryView {
     pub id: String,
     pub author: String,
@@ -74,6 +98,14 @@ impl ProjectView {
             .map(|(id, m)| story_view(&txn, id, &m))
             .collect();
         stories.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
+        let mut markers: Vec<MarkerView> = maps(&txn, &p.roots.markers)
+            .map(|(id, m)| marker_view(&txn, id, &m))
+            .collect();
+        markers.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+        let mut comments: Vec<CommentView> = maps(&txn, &p.roots.comments)
+            .map(|(id, m)| comment_view(&txn, id, &m))
+            .collect();
+        comments.sort_by(|a, b| a.time.cmp(&b.time).then_with(|| a.id.cmp(&b.id)));
         ProjectView {
             id: p.id.clone(),
             name: as_string(meta.get(&txn, key::NAME)).unwrap_or_default(),
@@ -83,6 +115,8 @@ impl ProjectView {
             sample_rate: as_i64(meta.get(&txn, key::SAMPLE_RATE)).unwrap_or(48_000),
             tracks,
             stories,
+            markers,
+            comments,
             lyrics: p.roots.lyrics.get_string(&txn),
             members: super::doc::members(&txn, &p.roots),
         }
@@ -134,6 +168,27 @@ fn clip_view<T: ReadTxn>(txn: &T, id: String, m: &MapRef) -> ClipView {
         fade_in: int(key::FADE_IN),
         fade_out: int(key::FADE_OUT),
         source: as_string(m.get(txn, key::SOURCE)).unwrap_or_default(),
+        id,
+    }
+}
+
+fn marker_view<T: ReadTxn>(txn: &T, id: String, m: &MapRef) -> MarkerView {
+    MarkerView {
+        at: as_i64(m.get(txn, key::AT)).unwrap_or(0),
+        name: as_string(m.get(txn, key::NAME)).unwrap_or_default(),
+        id,
+    }
+}
+
+fn comment_view<T: ReadTxn>(txn: &T, id: String, m: &MapRef) -> CommentView {
+    let text = |k| as_string(m.get(txn, k)).unwrap_or_default();
+    CommentView {
+        author: text(key::AUTHOR),
+        site: text(key::SITE),
+        time: as_i64(m.get(txn, key::TIME)).unwrap_or(0),
+        text: text(key::TEXT),
+        track: as_string(m.get(txn, key::TRACK)),
+        at: as_i64(m.get(txn, key::AT)),
         id,
     }
 }

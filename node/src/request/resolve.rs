@@ -13,7 +13,7 @@ use crate::project::{ProjectDoc, ProjectView};
 pub const MIN_PREFIX_CHARS: usize = 6;
 
 /// Picks the one candidate `arg` names: (id, name) pairs in, id out.
-fn pick(what: &str, arg: &str, candidates: &[(String, String)]) -> Result<String> {
+pub fn pick(what: &str, arg: &str, candidates: &[(String, String)]) -> Result<String> {
     if let Some((id, _)) = candidates.iter().find(|(id, _)| id == arg) {
         return Ok(id.clone());
     }
