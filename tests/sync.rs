@@ -180,3 +180,87 @@ fn stems_follow_the_state_and_mix_identically() {
             .success()
     });
 }
+
+/// From this test process, with `key` as identity: fetch `hash` from the
+/// node `id` at `addr` over iroh-blobs. Ok only if the blob arrived whole.
+fn fetch_as(key: [u8; 32], id: &str, addr: std::net::SocketAddr, hash: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ep = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .secret_key(iroh::SecretKey::from_bytes(&key))
+            .clear_ip_transports()
+            .bind_addr("127.0.0.1:0")
+            .unwrap()
+            .bind()
+            .await
+            .unwrap();
+        let store = iroh_blobs::store::mem::MemStore::new();
+        let target = iroh::EndpointAddr::new(id.parse().unwrap()).with_ip_addr(addr);
+        let hash: iroh_blobs::Hash = hash.parse().unwrap();
+        let result = match ep.connect(target, iroh_blobs::ALPN).await {
+            Ok(conn) => store
+                .remote()
+                .fetch(conn, hash)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let got = store.blobs().has(hash).await.unwrap_or(false);
+        ep.close().await;
+        match (got, result) {
+            (true, _) => Ok(()),
+            (false, Err(e)) => Err(e),
+            (false, Ok(())) => Err("nothing arrived".into()),
+        }
+    })
+}
+
+#[test]
+fn a_member_of_one_project_gets_no_stems_of_another_and_strangers_get_nothing() {
+    let a = Studio::with_node();
+    let mut b = Studio::with_node();
+    let x = a.json(&["project", "new", "X"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let y = a.json(&["project", "new", "Y"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hx =
+        a.json(&["import", &x, &format!("{ALSA_SOUNDS}/Front_Left.wav")])["imported"][0]["blob"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let hy =
+        a.json(&["import", &y, &format!("{ALSA_SOUNDS}/Rear_Right.wav")])["imported"][0]["blob"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    b.ok(&["join", &invite(&a, &x)]);
+    converged(&a, &b, &x);
+    b.node.take().unwrap().stop();
+    let status: Value = serde_json::from_str(&a.ok(&["status", "--json"])).unwrap();
+    let a_id = status["id"].as_str().unwrap();
+    let a_addr = status["addresses"][0].as_str().unwrap().parse().unwrap();
+    let b_key: [u8; 32] = std::fs::read(b.path().join("node.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    fetch_as(b_key, a_id, a_addr, &hx).expect("B may fetch X's stem");
+    let err = fetch_as(b_key, a_id, a_addr, &hy).expect_err("B must not get Y's stem");
+    assert!(!err.is_empty());
+    let stranger = [0x5a; 32];
+    assert!(
+        fetch_as(stranger, a_id, a_addr, &hx).is_err(),
+        "a stranger gets nothing"
+    );
+    assert!(
+        b.fails(&["project", "show", &y]).contains("no project"),
+        "B never saw Y"
+    );
+}

@@ -15,6 +15,7 @@ use meshstudio_store::{StoreError, init_identity};
 use super::api::{ApiState, router};
 use super::info::{self, NodeInfo};
 use super::logging;
+use crate::net::blob_gate;
 use crate::net::hub::{Gate, Hub, member_union};
 use crate::net::join::JoinProtocol;
 use crate::net::sync::{self, SyncProtocol};
@@ -128,7 +129,7 @@ async fn serve(
         .accept(JOIN_ALPN, JoinProtocol(hub.clone()))
         .accept(
             iroh_blobs::ALPN,
-            iroh_blobs::BlobsProtocol::new(&blobs, None),
+            iroh_blobs::BlobsProtocol::new(&blobs, Some(blob_gate::spawn(hub.clone()))),
         )
         .spawn();
     redial_remembered(&hub).await;

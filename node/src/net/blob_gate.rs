@@ -1,0 +1,99 @@
+//! Who may fetch which stem: a member gets a blob only if a project it
+//! belongs to (here) references that blob. The endpoint's gate already
+//! keeps strangers out; this keeps a member of one project out of another
+//! project's stems. Pushes and multi-blob requests are disabled outright.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use iroh::EndpointId;
+use iroh_blobs::provider::events::{
+    AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
+    ThrottleMode,
+};
+use meshstudio_store::Hash;
+
+use super::hub::Hub;
+use crate::project::doc::members;
+use crate::project::{ProjectDoc, ProjectView};
+
+/// Provider events waiting for a verdict.
+const EVENTS_IN_FLIGHT: usize = 64;
+
+/// An event sender for the blobs protocol whose requests this module judges.
+pub fn spawn(hub: Arc<Hub>) -> EventSender {
+    let mask = EventMask {
+        connected: ConnectMode::Intercept,
+        get: RequestMode::Intercept,
+        get_many: RequestMode::Disabled,
+        push: RequestMode::Disabled,
+        observe: ObserveMode::Intercept,
+        throttle: ThrottleMode::None,
+    };
+    let (sender, mut rx) = EventSender::channel(EVENTS_IN_FLIGHT, mask);
+    tokio::spawn(async move {
+        let mut peers: HashMap<u64, EndpointId> = HashMap::new();
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                ProviderMessage::ClientConnected(m) => {
+                    if let Some(id) = m.inner.endpoint_id {
+                        peers.insert(m.inner.connection_id, id);
+                    }
+                    m.tx.send(Ok(())).await.ok();
+                }
+                ProviderMessage::ConnectionClosed(m) => {
+                    peers.remove(&m.inner.connection_id);
+                }
+                ProviderMessage::GetRequestReceived(m) => {
+                    let peer = peers.get(&m.inner.connection_id).copied();
+                    let verdict = judge(&hub, peer, m.inner.request.hash).await;
+                    m.tx.send(verdict).await.ok();
+                }
+                ProviderMessage::ObserveRequestReceived(m) => {
+                    let peer = peers.get(&m.inner.connection_id).copied();
+                    let verdict = judge(&hub, peer, m.inner.request.hash).await;
+                    m.tx.send(verdict).await.ok();
+                }
+                _ => {}
+            }
+        }
+    });
+    sender
+}
+
+async fn judge(hub: &Arc<Hub>, peer: Option<EndpointId>, hash: Hash) -> Result<(), AbortReason> {
+    let Some(peer) = peer else {
+        return Err(AbortReason::Permission);
+    };
+    let who = peer.to_string();
+    let allowed = hub.with_ctx(move |ctx| may_fetch(ctx, &who, hash)).await;
+    tracing::debug!(%peer, hash = %hash.fmt_short(), allowed, "blob request");
+    if !allowed {
+        tracing::warn!(%peer, hash = %hash.fmt_short(), "blob request refused: no shared project uses it");
+        return Err(AbortReason::Permission);
+    }
+    Ok(())
+}
+
+/// Whether `peer` is a member of a project here that references `hash`.
+fn may_fetch(ctx: &mut crate::request::Context, peer: &str, hash: Hash) -> bool {
+    let Ok(store) = ctx.store() else { return false };
+    let Ok(rows) = store.projects() else {
+        return false;
+    };
+    let hex = hash.to_hex().to_string();
+    rows.iter().any(|row| {
+        let Ok(p) = ProjectDoc::load(store, &row.id) else {
+            return false;
+        };
+        let is_member = members(&yrs::Transact::transact(&p.doc), &p.roots)
+            .iter()
+            .any(|m| m == peer);
+        is_member
+            && ProjectView::of(&p)
+                .tracks
+                .iter()
+                .flat_map(|t| &t.clips)
+                .any(|c| c.blob == hex)
+    })
+}
