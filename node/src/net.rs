@@ -14,7 +14,7 @@ pub mod join;
 pub mod proof;
 pub mod sync;
 pub mod ticket;
-pub mod wire;
+pub use meshstudio_node::wire;
 
 /// Joining a project with an invite ticket.
 pub const JOIN_ALPN: &[u8] = b"meshstudio/join/1";
