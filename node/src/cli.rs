@@ -302,6 +302,7 @@ const EXIT_CANCELLED: u8 = 130;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     meshstudio_codec::install_panic_hook();
+    meshstudio_node::wire::install_panic_hook();
     progress::install_interrupt_handler();
     let result = match cli.command {
         Command::Encode(args) => encode::run(args),

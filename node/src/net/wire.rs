@@ -88,11 +88,32 @@ fn check_count(what: &'static str, bytes: &[u8], min_entry: u64) -> Result<(), W
     Ok(())
 }
 
+thread_local! {
+    /// Set while this thread runs guarded yrs code.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` inside the panic boundary, flagged so the panic hook stays quiet.
+fn boundary<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let was = GUARDED.with(|g| g.replace(true));
+    let out = catch_unwind(AssertUnwindSafe(f)).ok();
+    GUARDED.with(|g| g.set(was));
+    out
+}
+
+/// Keeps panics caught by the boundary quiet (the peer is just dropped);
+/// other panics go to the hook installed before. Call once at startup.
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !GUARDED.with(std::cell::Cell::get) {
+            previous(info);
+        }
+    }));
+}
+
 fn guarded<T>(what: &'static str, f: impl FnOnce() -> Option<T>) -> Result<T, WireError> {
-    catch_unwind(AssertUnwindSafe(f))
-        .ok()
-        .flatten()
-        .ok_or(WireError::Malformed(what))
+    boundary(f).flatten().ok_or(WireError::Malformed(what))
 }
 
 pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, WireError> {
@@ -114,8 +135,8 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, WireError> {
 
 /// Runs `f` (applying a decoded update) inside a panic boundary.
 pub fn guarded_apply(f: impl FnOnce() -> bool) -> Result<(), WireError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(true) => Ok(()),
+    match boundary(f) {
+        Some(true) => Ok(()),
         _ => Err(WireError::Malformed("update (does not apply)")),
     }
 }
@@ -196,6 +217,18 @@ mod tests {
             count += 1;
         }
         assert!(count >= 4, "corpus at {dir} has only {count} files");
+    }
+
+    /// Found by the fuzzer: an update with a client id ≥ 2^53 trips a yrs
+    /// debug assertion; it must come back as a rejection.
+    #[test]
+    fn a_yrs_assertion_is_a_rejection() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/sync_frame/crash-yrs-client-id-assert"
+        );
+        let frame = std::fs::read(path).expect("committed");
+        assert!(!receive_into(&fuzz_doc(), &frame));
     }
 
     #[test]
