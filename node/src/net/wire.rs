@@ -123,6 +123,12 @@ pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, WireError> {
 
 pub fn decode_update(bytes: &[u8]) -> Result<Update, WireError> {
     check_count("update", bytes, 1)?;
+    // The first client's struct count follows at once: check it too. (Later
+    // clients' counts sit behind their structs; yrs only reserves, without
+    // touching, the memory they claim before it runs out of bytes.)
+    if let Some((1.., used)) = leading_varint(bytes) {
+        check_count("update structs", &bytes[used..], 1)?;
+    }
     guarded("update", || Update::decode_v1(bytes).ok())
 }
 
