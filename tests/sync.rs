@@ -264,3 +264,32 @@ fn a_member_of_one_project_gets_no_stems_of_another_and_strangers_get_nothing() 
         "B never saw Y"
     );
 }
+
+#[test]
+fn status_shows_the_connected_peer() {
+    let a = Studio::with_node();
+    let b = Studio::with_node();
+    let p = a.json(&["project", "new", "P"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.ok(&["join", &invite(&a, &p)]);
+    let b_id = b.ok(&["id"]).trim().to_string();
+    let mut peers = Value::Null;
+    wait_until(CONVERGE_TIMEOUT, "A to list B as a connected peer", || {
+        let s: Value = serde_json::from_str(&a.ok(&["status", "--json"])).unwrap();
+        peers = s["peers"].clone();
+        peers
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["id"] == b_id.as_str()))
+    });
+    let peer = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == b_id.as_str())
+        .unwrap();
+    assert_eq!(peer["path"], "direct");
+    assert!(peer["rtt_ms"].as_f64().is_some());
+    assert!(a.ok(&["status"]).contains("direct"));
+}

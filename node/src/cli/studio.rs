@@ -229,6 +229,22 @@ pub fn status(data_dir: &Path, json: bool) -> Result<(), Failure> {
         Some(n) => println!("  projects: {n}"),
         None => println!("  projects: (busy with a request)"),
     }
+    let peers = v["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        println!("  peers:    none connected");
+    }
+    for p in peers {
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map_or_else(String::new, |r| format!(", rtt {r:.1} ms"));
+        println!(
+            "  peer {}  {} {}{rtt}",
+            &p["id"].as_str().unwrap_or_default()
+                [..16.min(p["id"].as_str().unwrap_or_default().len())],
+            p["path"].as_str().unwrap_or("?"),
+            p["address"].as_str().unwrap_or("?"),
+        );
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! way to the database), the endpoint, who the members are, and the change
 //! channel that makes live sessions push new state.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use iroh::Endpoint;
@@ -30,6 +30,8 @@ pub struct Hub {
     pub blobs: iroh_blobs::api::Store,
     /// Stems being downloaded now, so two sessions never fetch one twice.
     pub fetching: Mutex<HashSet<meshstudio_store::Hash>>,
+    /// Live sync connections by peer id, for `status`.
+    pub connections: Mutex<HashMap<String, Connection>>,
 }
 
 impl Hub {
@@ -45,6 +47,43 @@ impl Hub {
         })
         .await
         .expect("context work does not panic")
+    }
+
+    pub fn connected(&self, peer: &str, conn: &Connection) {
+        let mut live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(peer.to_string(), conn.clone());
+    }
+
+    pub fn disconnected(&self, peer: &str, conn: &Connection) {
+        let mut live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if live
+            .get(peer)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            live.remove(peer);
+        }
+    }
+
+    /// Connected peers: id, address and round-trip time of the path in use,
+    /// and whether that path is direct or through a relay.
+    pub fn peer_report(&self) -> Vec<Value> {
+        let live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Value> = live
+            .iter()
+            .map(|(id, conn)| {
+                let paths = conn.paths();
+                let selected = paths.iter().find(|p| p.is_selected());
+                serde_json::json!({
+                    "id": id,
+                    "connected": true,
+                    "address": selected.as_ref().map(|p| format!("{:?}", p.remote_addr())),
+                    "rtt_ms": selected.as_ref().map(|p| p.rtt().as_secs_f64() * 1000.0),
+                    "path": selected.as_ref().map(|p| if p.is_relay() { "relay" } else { "direct" }),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        out
     }
 
     /// Re-reads every project's member list into the gate.

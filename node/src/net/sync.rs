@@ -61,6 +61,7 @@ impl ProtocolHandler for SyncProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = conn.remote_id().to_string();
         tracing::info!(%peer, "sync connection in");
+        self.0.connected(&peer, &conn);
         while let Ok((send, recv)) = conn.accept_bi().await {
             let (hub, peer) = (self.0.clone(), peer.clone());
             tokio::spawn(async move {
@@ -69,6 +70,7 @@ impl ProtocolHandler for SyncProtocol {
                 }
             });
         }
+        self.0.disconnected(&peer, &conn);
         Ok(())
     }
 }
@@ -148,6 +150,16 @@ pub async fn dial(hub: Arc<Hub>, addr: EndpointAddr) -> Result<(), SyncError> {
         .map_err(|e| SyncError::Connection(e.to_string()))?;
     let peer = conn.remote_id().to_string();
     tracing::info!(%peer, "sync connection out");
+    hub.connected(&peer, &conn);
+    let result = run_dialed(&hub, &conn, &peer).await;
+    hub.disconnected(&peer, &conn);
+    conn.close(0u32.into(), b"done");
+    result
+}
+
+/// The dialer's side of a connection: a session per shared project.
+async fn run_dialed(hub: &Arc<Hub>, conn: &Connection, peer: &str) -> Result<(), SyncError> {
+    let peer = peer.to_string();
     let peer_s = peer.clone();
     let shared: Vec<(String, [u8; 32])> =
         hub.with_ctx(move |ctx| shared_projects(ctx, &peer_s)).await;
@@ -157,7 +169,7 @@ pub async fn dial(hub: Arc<Hub>, addr: EndpointAddr) -> Result<(), SyncError> {
             .open_bi()
             .await
             .map_err(|e| SyncError::Connection(e.to_string()))?;
-        send_hello(&hub, &mut send, &secret, &project, &peer).await?;
+        send_hello(hub, &mut send, &secret, &project, &peer).await?;
         let hello = read_hello(&mut recv).await?;
         if hello.project != project
             || !proof::check(
@@ -180,7 +192,6 @@ pub async fn dial(hub: Arc<Hub>, addr: EndpointAddr) -> Result<(), SyncError> {
             tracing::warn!(%peer, error = %e, "sync session ended");
         }
     }
-    conn.close(0u32.into(), b"done");
     Ok(())
 }
 

@@ -50,6 +50,7 @@ pub struct ApiState {
     pub started: Instant,
     pub shutting_down: Arc<AtomicBool>,
     pub changes: tokio::sync::broadcast::Sender<Value>,
+    pub hub: Arc<crate::net::hub::Hub>,
 }
 
 /// A fresh change channel for `ApiState::changes`.
@@ -118,6 +119,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Value> {
         "addresses": s.addresses,
         "projects": projects,
         "busy": projects.is_none(),
+        "peers": s.hub.peer_report(),
     }))
 }
 

@@ -112,6 +112,7 @@ async fn serve(
     let hub = Arc::new(Hub {
         blobs: blobs.clone(),
         fetching: Mutex::new(Default::default()),
+        connections: Mutex::new(Default::default()),
         ctx: ctx.clone(),
         endpoint: endpoint.clone(),
         me: endpoint.id().to_string(),
@@ -146,6 +147,7 @@ async fn serve(
         started: Instant::now(),
         shutting_down: Arc::new(AtomicBool::new(false)),
         changes: hub.changes.clone(),
+        hub: hub.clone(),
     });
     let node = NodeInfo {
         pid: std::process::id(),
