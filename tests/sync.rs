@@ -293,3 +293,33 @@ fn status_shows_the_connected_peer() {
     assert!(peer["rtt_ms"].as_f64().is_some());
     assert!(a.ok(&["status"]).contains("direct"));
 }
+
+#[test]
+fn sync_wait_returns_once_state_and_stems_are_here() {
+    let a = Studio::with_node();
+    let b = Studio::with_node();
+    let p = a.json(&["project", "new", "P"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&[
+        "import",
+        &p,
+        &format!("{ALSA_SOUNDS}/Noise.wav"),
+        &format!("{ALSA_SOUNDS}/Side_Left.wav"),
+    ]);
+    b.ok(&["join", &invite(&a, &p)]);
+    let done = b.json(&["sync", &p, "--wait", "--timeout", "60"]);
+    assert_eq!(done["stems"], 2);
+    // Right after --wait returns, B mixes without waiting for anything.
+    b.ok(&["mixdown", &p, b.path().join("m.wav").to_str().unwrap()]);
+    assert_eq!(a.show(&p), b.show(&p));
+    // A node with nobody to sync with times out with a clear message.
+    let lonely = Studio::with_node();
+    lonely.ok(&["project", "new", "Alone"]);
+    let err = lonely.fails(&["sync", "Alone", "--wait", "--timeout", "0.5"]);
+    assert!(
+        err.contains("timed out") && err.contains("no member"),
+        "{err}"
+    );
+}

@@ -142,6 +142,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Is a project in sync with a member? With --wait, wait until it is: a
+    /// member connected, caught up both ways, every stem here (needs a node).
+    Sync {
+        project: String,
+        #[arg(long)]
+        wait: bool,
+        /// Give up after this long (with --wait).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+        timeout: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Undo this node's last edit to a project (never another site's).
     Undo {
         project: String,
@@ -494,6 +506,21 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
                 at_seconds: at,
             };
             (R::CommentAdd(args), json)
+        }
+        Command::Sync {
+            project,
+            wait,
+            timeout,
+            json,
+        } => {
+            let timeout_seconds = if wait { timeout } else { 0.0 };
+            (
+                R::SyncWait {
+                    project,
+                    timeout_seconds,
+                },
+                json,
+            )
         }
         Command::Invite { project, json } => (R::Invite { project }, json),
         Command::Join { ticket, json } => (R::Join { ticket }, json),

@@ -14,6 +14,7 @@ pub mod join;
 pub mod proof;
 pub mod sync;
 pub mod ticket;
+pub mod wait;
 pub use meshstudio_node::wire;
 
 /// Joining a project with an invite ticket.

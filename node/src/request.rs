@@ -10,7 +10,7 @@ mod failpoint;
 mod gc;
 mod imports;
 mod membership;
-mod resolve;
+pub(crate) mod resolve;
 mod undo;
 
 use std::path::PathBuf;
@@ -109,6 +109,11 @@ pub enum Request {
         marker: String,
     },
     CommentAdd(CommentArgs),
+    /// Wait until the project is in sync with a member (node only).
+    SyncWait {
+        project: String,
+        timeout_seconds: f64,
+    },
     Invite {
         project: String,
     },
@@ -242,6 +247,11 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
         } => marker_add(ctx, &project, at_seconds, &name),
         Request::MarkerRm { project, marker } => marker_rm(ctx, &project, &marker),
         Request::CommentAdd(c) => comment_add(ctx, &c),
+        // The node answers this one itself, without holding the context.
+        Request::SyncWait { .. } => Err(ctx
+            .net("sync")
+            .err()
+            .unwrap_or_else(|| RequestError::Invalid("sync --wait runs in the node's API".into()))),
         Request::Invite { project } => membership::invite(ctx, &project),
         Request::Join { ticket } => membership::join(ctx, &ticket),
         Request::Undo { project } => undo::step(ctx, &project, false),

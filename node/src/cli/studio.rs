@@ -165,7 +165,10 @@ pub fn absolute(paths: Vec<PathBuf>) -> Vec<PathBuf> {
 /// Runs one request against the data dir and prints its reply.
 pub fn run(data_dir: &Path, request: Request, json: bool) -> Result<(), Failure> {
     let mut ctx = Context::new(data_dir.to_path_buf());
-    let long_work = matches!(request, Request::Import { .. } | Request::Mixdown { .. });
+    let long_work = matches!(
+        request,
+        Request::Import { .. } | Request::Mixdown { .. } | Request::SyncWait { .. }
+    );
     let bars = Bars::new(progress::wanted(json) && long_work);
     let observer = bars.file(Path::new(label(&request)));
     let human = describe(&request);
@@ -190,6 +193,7 @@ pub fn run(data_dir: &Path, request: Request, json: bool) -> Result<(), Failure>
 fn label(r: &Request) -> &'static str {
     match r {
         Request::Mixdown { .. } => "mixdown",
+        Request::SyncWait { .. } => "stems",
         _ => "import",
     }
 }

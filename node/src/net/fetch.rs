@@ -13,7 +13,7 @@ use super::hub::Hub;
 use crate::project::{ProjectDoc, ProjectView};
 
 /// Blobs `project` references, as far as they parse.
-fn referenced(ctx: &mut crate::request::Context, project: &str) -> Vec<Hash> {
+pub fn referenced(ctx: &mut crate::request::Context, project: &str) -> Vec<Hash> {
     let Ok(store) = ctx.store() else {
         return Vec::new();
     };

@@ -32,6 +32,17 @@ pub struct Hub {
     pub fetching: Mutex<HashSet<meshstudio_store::Hash>>,
     /// Live sync connections by peer id, for `status`.
     pub connections: Mutex<HashMap<String, Connection>>,
+    /// Catch-up state of every live (project, peer) session, for `sync --wait`.
+    pub sessions: Mutex<HashMap<(String, String), SessionProgress>>,
+}
+
+/// How far one project's session with one peer has got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionProgress {
+    /// The peer's catch-up diff has been applied here.
+    pub got_catch_up: bool,
+    /// Our catch-up diff has been sent to the peer.
+    pub sent_catch_up: bool,
 }
 
 impl Hub {
@@ -47,6 +58,27 @@ impl Hub {
         })
         .await
         .expect("context work does not panic")
+    }
+
+    pub fn progress(&self, project: &str, peer: &str, f: impl FnOnce(&mut SessionProgress)) {
+        let mut all = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        f(all
+            .entry((project.to_string(), peer.to_string()))
+            .or_default());
+    }
+
+    pub fn session_ended(&self, project: &str, peer: &str) {
+        let mut all = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        all.remove(&(project.to_string(), peer.to_string()));
+    }
+
+    /// Peers whose session on `project` has caught up both ways.
+    pub fn caught_up(&self, project: &str) -> Vec<String> {
+        let all = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter()
+            .filter(|((p, _), s)| p == project && s.got_catch_up && s.sent_catch_up)
+            .map(|((_, peer), _)| peer.clone())
+            .collect()
     }
 
     pub fn connected(&self, peer: &str, conn: &Connection) {

@@ -243,16 +243,39 @@ async fn session(
     let sv = our_state_vector(&hub, &project).await;
     frame::write(&mut send, &wire::frame(STEP1, &sv.encode_v1())).await?;
     let mut peer_sv: Option<StateVector> = None;
+    let result = session_loop(
+        &hub,
+        &project,
+        &peer,
+        &mut send,
+        &mut frames,
+        &mut changes,
+        &mut peer_sv,
+    )
+    .await;
+    hub.session_ended(&project, &peer);
+    result
+}
+
+async fn session_loop(
+    hub: &Arc<Hub>,
+    project: &str,
+    peer: &str,
+    send: &mut SendStream,
+    frames: &mut mpsc::Receiver<Result<Vec<u8>, SyncError>>,
+    changes: &mut tokio::sync::broadcast::Receiver<serde_json::Value>,
+    peer_sv: &mut Option<StateVector>,
+) -> Result<(), SyncError> {
     loop {
         tokio::select! {
             f = frames.recv() => {
                 let Some(f) = f else { return Ok(()) };
-                handle(&hub, &project, &peer, &mut send, &mut peer_sv, f?).await?;
+                handle(hub, project, peer, send, peer_sv, f?).await?;
             }
             change = changes.recv() => {
-                let concerns_us = change.as_ref().map_or(true, |c| c["project"] == project.as_str());
+                let concerns_us = change.as_ref().map_or(true, |c| c["project"] == project);
                 if let (true, Some(sv)) = (concerns_us, peer_sv.as_mut()) {
-                    push(&hub, &project, &mut send, sv).await?;
+                    push(hub, project, send, sv).await?;
                 }
             }
         }
@@ -292,11 +315,15 @@ async fn handle(
             let sv = wire::decode_state_vector(body)?;
             let diff = diff_for(hub, project, &sv).await;
             frame::write(send, &wire::frame(STEP2, &diff)).await?;
-            *peer_sv = Some(sv);
+            // The peer now has everything we had when it asked.
             *peer_sv = Some(our_state_vector(hub, project).await);
+            hub.progress(project, peer, |s| s.sent_catch_up = true);
         }
         (kind @ (STEP2 | UPDATE), body) => {
             let applied = apply_remote(hub, project, body.to_vec()).await?;
+            if kind == STEP2 {
+                hub.progress(project, peer, |s| s.got_catch_up = true);
+            }
             if applied {
                 let change = json!({ "op": "sync", "project": project, "from": peer });
                 let _ = hub.changes.send(change);

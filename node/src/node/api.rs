@@ -125,6 +125,14 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Value> {
 
 async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(EVENTS_IN_FLIGHT);
+    if let Request::SyncWait {
+        project,
+        timeout_seconds,
+    } = req
+    {
+        tokio::spawn(sync_wait(s.hub.clone(), project, timeout_seconds, tx));
+        return ndjson(rx);
+    }
     let observer = RemoteObserver {
         tx: tx.clone(),
         done: AtomicU64::new(0),
@@ -155,8 +163,36 @@ async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Re
         };
         let _ = tx.blocking_send(line_of(&line));
     });
+    ndjson(rx)
+}
+
+fn ndjson(rx: mpsc::Receiver<Bytes>) -> Response {
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+/// Longest `sync --wait` the API accepts.
+const MAX_SYNC_WAIT_SECONDS: f64 = 24.0 * 3600.0;
+
+/// `sync --wait`, run without holding the request context (the sync
+/// sessions it waits for need it).
+async fn sync_wait(
+    hub: Arc<crate::net::hub::Hub>,
+    project: String,
+    seconds: f64,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let timeout = std::time::Duration::from_secs_f64(seconds.clamp(0.0, MAX_SYNC_WAIT_SECONDS));
+    let progress = |have: u64, want: u64| {
+        let _ = tx.try_send(line_of(
+            &json!({ "progress": { "done": have, "total": want } }),
+        ));
+    };
+    let line = match crate::net::wait::synced(hub, project, timeout, progress).await {
+        Ok(reply) => json!({ "reply": reply }),
+        Err(e) => json!({ "error": e, "cancelled": false }),
+    };
+    let _ = tx.send(line_of(&line)).await;
 }
 
 async fn events(State(s): State<Arc<ApiState>>) -> impl IntoResponse {

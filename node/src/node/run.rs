@@ -113,6 +113,7 @@ async fn serve(
         blobs: blobs.clone(),
         fetching: Mutex::new(Default::default()),
         connections: Mutex::new(Default::default()),
+        sessions: Mutex::new(Default::default()),
         ctx: ctx.clone(),
         endpoint: endpoint.clone(),
         me: endpoint.id().to_string(),
