@@ -23,7 +23,13 @@ pub struct Node {
 
 impl Node {
     pub fn start(data_dir: &Path) -> Node {
-        let child = up(data_dir).spawn().unwrap();
+        Node::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    /// Starts with the endpoint on `bind` (a fixed port survives restarts,
+    /// as a peer that remembers the address needs until discovery exists).
+    pub fn start_on(data_dir: &Path, bind: &str) -> Node {
+        let child = up_on(data_dir, bind).spawn().unwrap();
         let node = Node {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
@@ -86,14 +92,14 @@ impl Drop for Node {
 }
 
 fn up(data_dir: &Path) -> Command {
+    up_on(data_dir, "127.0.0.1:0")
+}
+
+fn up_on(data_dir: &Path, bind: &str) -> Command {
     let mut cmd = meshstudio();
-    cmd.arg("--data-dir").arg(data_dir).args([
-        "up",
-        "--bind",
-        "127.0.0.1:0",
-        "--api",
-        "127.0.0.1:0",
-    ]);
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(["up", "--bind", bind, "--api", "127.0.0.1:0"]);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd
 }

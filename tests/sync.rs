@@ -323,3 +323,35 @@ fn sync_wait_returns_once_state_and_stems_are_here() {
         "{err}"
     );
 }
+
+#[test]
+fn edits_travel_a_line_through_the_middle_node() {
+    // A — B — C: A and C never connect; B carries everything, even after
+    // being offline while both ends edited.
+    let a = Studio::with_node();
+    let mut b = Studio::with_node();
+    let c = Studio::with_node();
+    let p = a.json(&["project", "new", "Line"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.ok(&["join", &invite(&a, &p)]);
+    converged(&a, &b, &p);
+    c.ok(&["join", &invite(&b, &p)]);
+    a.ok(&["track", "add", &p, "From A"]);
+    c.ok(&["track", "add", &p, "From C"]);
+    converged(&a, &c, &p);
+    // C remembers B's address from its ticket: B comes back on the same one.
+    let b_status: Value = serde_json::from_str(&b.ok(&["status", "--json"])).unwrap();
+    let b_addr = b_status["addresses"][0].as_str().unwrap().to_string();
+    b.node.take().unwrap().stop();
+    a.ok(&["story", "add", &p, "A while B slept"]);
+    c.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Front_Right.wav")]);
+    b.node = Some(Node::start_on(b.path(), &b_addr));
+    let v = converged(&a, &c, &p);
+    assert_eq!(v["tracks"].as_array().unwrap().len(), 3);
+    assert_eq!(v["stories"].as_array().unwrap().len(), 1);
+    assert_eq!(v, b.show(&p));
+    a.ok(&["sync", &p, "--wait", "--timeout", "60"]);
+    a.ok(&["mixdown", &p, a.path().join("m.wav").to_str().unwrap()]);
+}
