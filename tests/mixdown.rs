@@ -130,30 +130,9 @@ fn normalize_reaches_the_target_loudness() {
     st.ok(&["import", "Quiet", s(&a)]);
     let out = st.path().join("loud.wav");
     st.ok(&["mixdown", "Quiet", s(&out), "--normalize", "-14"]);
-    let text = tool(
-        "ffmpeg",
-        &[
-            "-nostats",
-            "-i",
-            s(&out),
-            "-af",
-            "ebur128=peak=true",
-            "-f",
-            "null",
-            "-",
-        ],
-    );
-    let summary = &text[text.rfind("Summary:").unwrap()..];
-    let after = |key: &str| -> f64 {
-        let rest = &summary[summary.find(key).unwrap() + key.len()..];
-        rest.split_whitespace().next().unwrap().parse().unwrap()
-    };
-    assert!(
-        (after("I:") + 14.0).abs() <= 0.5,
-        "ffmpeg measures {} LUFS",
-        after("I:")
-    );
-    assert!(after("Peak:") <= -0.9, "true peak {}", after("Peak:"));
+    let (lufs, peak) = ffmpeg_loudness(&out);
+    assert!((lufs + 14.0).abs() <= 0.5, "ffmpeg measures {} LUFS", lufs);
+    assert!(peak <= -0.9, "true peak {}", peak);
 }
 
 #[test]

@@ -167,3 +167,24 @@ pub fn copy_in(dir: &Path, src: &str) -> PathBuf {
     std::fs::copy(src, &dst).unwrap_or_else(|e| panic!("{src:?}: {e}; run scripts/setup"));
     dst
 }
+
+/// (integrated LUFS, true peak dBTP) of a file, by ffmpeg's ebur128 filter.
+pub fn ffmpeg_loudness(path: &Path) -> (f64, f64) {
+    let args = [
+        "-nostats",
+        "-i",
+        s(path),
+        "-af",
+        "ebur128=peak=true",
+        "-f",
+        "null",
+        "-",
+    ];
+    let text = tool("ffmpeg", &args);
+    let summary = &text[text.rfind("Summary:").unwrap()..];
+    let after = |key: &str| -> f64 {
+        let rest = &summary[summary.find(key).unwrap() + key.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    (after("I:"), after("Peak:"))
+}

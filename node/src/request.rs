@@ -498,7 +498,7 @@ fn add_entry(
 }
 
 /// Seconds on the timeline → 48 kHz frames, refusing what is not a time.
-fn song_frames(seconds: f64, what: &str) -> Result<i64> {
+pub(crate) fn song_frames(seconds: f64, what: &str) -> Result<i64> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(RequestError::Invalid(format!(
             "{what} {seconds} is not a time in the song"

@@ -29,9 +29,13 @@ use crate::request::project_secret;
 
 /// Frames read ahead of the session loop.
 const FRAMES_IN_FLIGHT: usize = 16;
-/// Redial backoff: first wait and ceiling.
+/// Redial backoff: first wait and ceiling. The ceiling bounds how long a
+/// link that came back stays unused.
 const REDIAL_FIRST: Duration = Duration::from_millis(500);
-const REDIAL_MAX: Duration = Duration::from_secs(30);
+const REDIAL_MAX: Duration = Duration::from_secs(10);
+/// A dial to a peer that is away fails after this instead of the QUIC
+/// handshake timeout, so the next attempt comes sooner.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -143,10 +147,9 @@ async fn accept_stream(
 /// Dials `addr` and syncs every project both sides are members of, until
 /// the connection ends.
 pub async fn dial(hub: Arc<Hub>, addr: EndpointAddr) -> Result<(), SyncError> {
-    let conn = hub
-        .endpoint
-        .connect(addr, SYNC_ALPN)
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, hub.endpoint.connect(addr, SYNC_ALPN))
         .await
+        .map_err(|_| SyncError::Connection("timed out".into()))?
         .map_err(|e| SyncError::Connection(e.to_string()))?;
     let peer = conn.remote_id().to_string();
     tracing::info!(%peer, "sync connection out");

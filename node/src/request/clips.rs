@@ -3,21 +3,12 @@
 
 use serde_json::{Value, json};
 
-use super::{Context, RequestError, Result, edit, resolve, writable};
+use super::{Context, RequestError, Result, edit, resolve, song_frames, writable};
 use crate::project::ProjectView;
 use crate::project::doc::key;
 use crate::project::ops::Change;
 
 const FRAMES_PER_SECOND: f64 = 48_000.0;
-
-fn frames(seconds: f64, what: &str) -> Result<i64> {
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(RequestError::Invalid(format!(
-            "{what} {seconds} is not a time in the song"
-        )));
-    }
-    Ok((seconds * FRAMES_PER_SECOND).round() as i64)
-}
 
 fn set(track: &str, clip: &str, k: &str, v: i64) -> Change {
     Change::SetClip {
@@ -30,7 +21,7 @@ fn set(track: &str, clip: &str, k: &str, v: i64) -> Change {
 }
 
 pub fn move_to(ctx: &mut Context, project: &str, clip: &str, to_seconds: f64) -> Result<Value> {
-    let start = frames(to_seconds, "--to")?;
+    let start = song_frames(to_seconds, "--to")?;
     let p = writable(ctx, project)?;
     let (t, c) = resolve::clip(&p, clip)?;
     edit(ctx, &p, "move clip", vec![set(&t, &c, key::START, start)])?;
@@ -40,7 +31,7 @@ pub fn move_to(ctx: &mut Context, project: &str, clip: &str, to_seconds: f64) ->
 /// Cuts `head` seconds off the clip's start (it stays where it played)
 /// and `tail` seconds off its end.
 pub fn trim(ctx: &mut Context, project: &str, clip: &str, head: f64, tail: f64) -> Result<Value> {
-    let (head, tail) = (frames(head, "--head")?, frames(tail, "--tail")?);
+    let (head, tail) = (song_frames(head, "--head")?, song_frames(tail, "--tail")?);
     let p = writable(ctx, project)?;
     let (t, c) = resolve::clip(&p, clip)?;
     let view = ProjectView::of(&p);
@@ -86,11 +77,11 @@ pub fn set_fields(ctx: &mut Context, project: &str, clip: &str, c: &ClipChanges)
     }
     let fade_in = c
         .fade_in_seconds
-        .map(|s| frames(s, "--fade-in"))
+        .map(|s| song_frames(s, "--fade-in"))
         .transpose()?;
     let fade_out = c
         .fade_out_seconds
-        .map(|s| frames(s, "--fade-out"))
+        .map(|s| song_frames(s, "--fade-out"))
         .transpose()?;
     let p = writable(ctx, project)?;
     let (t, id) = resolve::clip(&p, clip)?;

@@ -11,14 +11,13 @@ use meshstudio_store::Hash;
 use serde_json::{Value, json};
 
 use super::failpoint;
-use super::{Context, RequestError, Result, edit, new_track, next_order, writable};
+use super::{Context, RequestError, Result, edit, new_track, next_order, song_frames, writable};
 use crate::project::doc::key;
 use crate::project::ops::{Change, Fields};
 use crate::project::{ProjectDoc, ProjectView};
 
 /// Scratch space for encodes, inside the data dir (same filesystem as the blobs).
 const SCRATCH_DIR: &str = "tmp";
-const FRAMES_PER_SECOND: f64 = 48_000.0;
 
 /// One imported file.
 struct Stem {
@@ -34,13 +33,8 @@ pub fn import(
     at_seconds: f64,
     progress: &dyn Observer,
 ) -> Result<Value> {
-    if !at_seconds.is_finite() || at_seconds < 0.0 {
-        return Err(RequestError::Invalid(format!(
-            "--at {at_seconds} is not a time in the song"
-        )));
-    }
+    let mut start = song_frames(at_seconds, "--at")?;
     let p = writable(ctx, project)?;
-    let mut start = (at_seconds * FRAMES_PER_SECOND).round() as i64;
     let mut results = Vec::new();
     for file in files {
         let stem = encode_to_blob(ctx, file, progress)?;
