@@ -36,6 +36,9 @@ const REDIAL_MAX: Duration = Duration::from_secs(10);
 /// A dial to a peer that is away fails after this instead of the QUIC
 /// handshake timeout, so the next attempt comes sooner.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a session asks its peer again for stems still missing here
+/// (the peer may have been fetching them itself: store-and-forward).
+const STEM_RETRY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -269,8 +272,14 @@ async fn session_loop(
     changes: &mut tokio::sync::broadcast::Receiver<serde_json::Value>,
     peer_sv: &mut Option<StateVector>,
 ) -> Result<(), SyncError> {
+    let mut retry = tokio::time::interval(STEM_RETRY);
     loop {
         tokio::select! {
+            _ = retry.tick() => {
+                if let Ok(id) = peer.parse() {
+                    tokio::spawn(super::fetch::fetch_missing(hub.clone(), project.to_string(), id));
+                }
+            }
             f = frames.recv() => {
                 let Some(f) = f else { return Ok(()) };
                 handle(hub, project, peer, send, peer_sv, f?).await?;
