@@ -38,10 +38,6 @@ pub struct SourceInfo {
 }
 
 impl SourceInfo {
-    pub fn duration_seconds(&self) -> Option<f64> {
-        self.frames.map(|f| f as f64 / self.sample_rate as f64)
-    }
-
     fn validate(&self) -> Result<()> {
         if self.channels == 0 {
             return Err(CodecError::malformed("audio", "0 channels"));

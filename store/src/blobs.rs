@@ -4,7 +4,7 @@
 //! garbage collection removes exactly what no tag protects.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,11 +188,6 @@ pub async fn gc(data_dir: &Path, keep: &HashSet<Hash>) -> Result<GcReport, Store
         blobs_before: before,
         blobs_after: after,
     })
-}
-
-/// Where the store keeps its files, for messages.
-pub fn blobs_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join(BLOBS_DIR)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ mod identity;
 #[cfg(test)]
 mod model_tests;
 
-pub use blobs::{BLOBS_DIR, BlobStore, GcReport, Hash, blobs_dir, gc, keep_stem};
+pub use blobs::{BLOBS_DIR, BlobStore, GcReport, Hash, gc, keep_stem};
 pub use db::{DB_FILE, ProjectRow, SCHEMA_VERSION, Store, StoredDoc, Writer};
 pub use dir::{DATA_DIR_ENV, DataDirError, resolve_data_dir};
 pub use error::StoreError;
