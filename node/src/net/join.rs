@@ -75,6 +75,7 @@ fn refusal(why: &str) -> JoinAnswer {
 /// the welcome and the full project state.
 async fn admit(hub: &Arc<Hub>, joiner: &str, ask: JoinAsk) -> (JoinAnswer, Vec<u8>) {
     let (me, joiner) = (hub.me.clone(), joiner.to_string());
+    let project = ask.project.clone();
     let out = hub
         .with_ctx(move |ctx| -> Result<(JoinAnswer, Vec<u8>), String> {
             let store = ctx.store().map_err(|e| e.to_string())?;
@@ -109,6 +110,12 @@ async fn admit(hub: &Arc<Hub>, joiner: &str, ask: JoinAsk) -> (JoinAnswer, Vec<u
         })
         .await;
     hub.refresh_members().await;
+    if out.is_ok() {
+        // The member list changed: live sessions pass it on to the others.
+        let _ = hub
+            .changes
+            .send(serde_json::json!({ "op": "join", "project": project }));
+    }
     out.unwrap_or_else(|why| (refusal(&why), Vec::new()))
 }
 
