@@ -348,10 +348,64 @@ fn edits_travel_a_line_through_the_middle_node() {
     a.ok(&["story", "add", &p, "A while B slept"]);
     c.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Front_Right.wav")]);
     b.node = Some(Node::start_on(b.path(), &b_addr));
-    let v = converged(&a, &c, &p);
+    let mut v = Value::Null;
+    wait_until(CONVERGE_TIMEOUT, "all three to converge", || {
+        v = a.show(&p);
+        v == b.show(&p) && v == c.show(&p)
+    });
     assert_eq!(v["tracks"].as_array().unwrap().len(), 3);
     assert_eq!(v["stories"].as_array().unwrap().len(), 1);
-    assert_eq!(v, b.show(&p));
     a.ok(&["sync", &p, "--wait", "--timeout", "60"]);
     a.ok(&["mixdown", &p, a.path().join("m.wav").to_str().unwrap()]);
+}
+
+#[test]
+fn three_nodes_partitioned_while_editing_converge_when_healed() {
+    // A hub with two members; the hub goes away (partition), everyone keeps
+    // editing, the hub returns on its address and all three converge.
+    let mut a = Studio::with_node();
+    let b = Studio::with_node();
+    let c = Studio::with_node();
+    let p = a.json(&["project", "new", "Split"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["track", "add", &p, "Shared"]);
+    b.ok(&["join", &invite(&a, &p)]);
+    c.ok(&["join", &invite(&a, &p)]);
+    converged(&b, &c, &p);
+    let a_status: Value = serde_json::from_str(&a.ok(&["status", "--json"])).unwrap();
+    let a_addr = a_status["addresses"][0].as_str().unwrap().to_string();
+    a.node.take().unwrap().stop();
+    a.ok(&["track", "set", &p, "Shared", "--gain", "-2"]);
+    b.ok(&["track", "add", &p, "B only"]);
+    b.ok(&["track", "set", &p, "Shared", "--pan", "-0.25"]);
+    c.ok(&["track", "add", &p, "C only"]);
+    c.ok(&["story", "add", &p, "C during the split"]);
+    a.node = Some(Node::start_on(a.path(), &a_addr));
+    let mut v = Value::Null;
+    wait_until(CONVERGE_TIMEOUT, "all three to converge", || {
+        v = a.show(&p);
+        v == b.show(&p) && v == c.show(&p)
+    });
+    let names: Vec<&str> = v["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for name in ["Shared", "B only", "C only"] {
+        assert!(names.contains(&name), "{name} lost: {names:?}");
+    }
+    let shared = v["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "Shared")
+        .unwrap();
+    assert_eq!(
+        (shared["gain_db"].as_f64(), shared["pan"].as_f64()),
+        (Some(-2.0), Some(-0.25))
+    );
+    assert_eq!(v["stories"].as_array().unwrap().len(), 1);
 }

@@ -325,10 +325,10 @@ async fn handle(
     match wire::split(&f)? {
         (STEP1, body) => {
             let sv = wire::decode_state_vector(body)?;
-            let diff = diff_for(hub, project, &sv).await;
+            let (diff, ours) = diff_for(hub, project, &sv).await;
             frame::write(send, &wire::frame(STEP2, &diff)).await?;
-            // The peer now has everything we had when it asked.
-            *peer_sv = Some(our_state_vector(hub, project).await);
+            // The peer now has what we had when the diff was made.
+            *peer_sv = Some(ours);
             hub.progress(project, peer, |s| s.sent_catch_up = true);
         }
         (kind @ (STEP2 | UPDATE), body) => {
@@ -361,11 +361,11 @@ async fn push(
     send: &mut SendStream,
     peer_sv: &mut StateVector,
 ) -> Result<(), SyncError> {
-    let diff = diff_for(hub, project, peer_sv).await;
+    let (diff, ours) = diff_for(hub, project, peer_sv).await;
     if diff != [0, 0] {
         frame::write(send, &wire::frame(UPDATE, &diff)).await?;
     }
-    *peer_sv = our_state_vector(hub, project).await;
+    *peer_sv = ours;
     Ok(())
 }
 
@@ -381,16 +381,18 @@ async fn our_state_vector(hub: &Arc<Hub>, project: &str) -> StateVector {
     .unwrap_or_default()
 }
 
-async fn diff_for(hub: &Arc<Hub>, project: &str, sv: &StateVector) -> Vec<u8> {
-    let (project, sv) = (project.to_string(), sv.clone());
+/// What a peer at `sv` lacks, and our state vector that diff brings it to
+/// — read together, so an update arriving in between is not assumed sent.
+async fn diff_for(hub: &Arc<Hub>, project: &str, sv: &StateVector) -> (Vec<u8>, StateVector) {
+    let (project, peer_sv) = (project.to_string(), sv.clone());
     hub.with_ctx(move |ctx| {
         let store = ctx.store().ok()?;
         let p = ProjectDoc::load(store, &project).ok()?;
-        let diff = p.doc.transact().encode_state_as_update_v1(&sv);
-        Some(diff)
+        let txn = p.doc.transact();
+        Some((txn.encode_state_as_update_v1(&peer_sv), txn.state_vector()))
     })
     .await
-    .unwrap_or_else(|| vec![0, 0])
+    .unwrap_or_else(|| (vec![0, 0], sv.clone()))
 }
 
 /// Applies a peer's update and stores it; `false` if it changed nothing.
