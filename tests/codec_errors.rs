@@ -190,21 +190,7 @@ fn ctrl_c_stops_cleanly_and_leaves_nothing() {
     let dir = tempdir();
     let input = dir.path().join("long.wav");
     // Ten minutes at 44.1 kHz: long enough to interrupt mid-way in any build.
-    tool(
-        "sox",
-        &[
-            "-R",
-            "-n",
-            "-r",
-            "44100",
-            "-c",
-            "2",
-            s(&input),
-            "synth",
-            "600",
-            "pinknoise",
-        ],
-    );
+    long_noise(&input, 600);
     let before = listing(dir.path());
     let out = dir.path().join("long.opus");
     let mut child = meshstudio()

@@ -251,21 +251,7 @@ fn ctrl_c_on_the_cli_cancels_the_nodes_work() {
     s.ok(&["project", "new", "P"]);
     let before = s.show("P");
     let long = s.path().join("long.wav");
-    tool(
-        "sox",
-        &[
-            "-R",
-            "-n",
-            "-r",
-            "44100",
-            "-c",
-            "2",
-            s_(&long),
-            "synth",
-            "300",
-            "pinknoise",
-        ],
-    );
+    long_noise(&long, 300);
     let mut cli = meshstudio()
         .arg("--data-dir")
         .arg(s.path())

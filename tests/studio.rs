@@ -396,21 +396,7 @@ fn a_database_in_use_is_reported_not_waited_on() {
     let s = Studio::new();
     s.ok(&["project", "new", "P"]);
     let long = s.path().join("long.wav");
-    tool(
-        "sox",
-        &[
-            "-R",
-            "-n",
-            "-r",
-            "44100",
-            "-c",
-            "2",
-            long.to_str().unwrap(),
-            "synth",
-            "240",
-            "pinknoise",
-        ],
-    );
+    long_noise(&long, 240);
     let mut import = meshstudio()
         .arg("--data-dir")
         .arg(s.path())

@@ -188,3 +188,24 @@ pub fn ffmpeg_loudness(path: &Path) -> (f64, f64) {
     };
     (after("I:"), after("Peak:"))
 }
+
+/// A stereo 44.1 kHz pink-noise WAV made by sox: long enough (with the
+/// resampling it needs) to interrupt an import or encode mid-way.
+pub fn long_noise(path: &Path, seconds: u32) {
+    let secs = seconds.to_string();
+    tool(
+        "sox",
+        &[
+            "-R",
+            "-n",
+            "-r",
+            "44100",
+            "-c",
+            "2",
+            s(path),
+            "synth",
+            &secs,
+            "pinknoise",
+        ],
+    );
+}
