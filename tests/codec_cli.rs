@@ -248,23 +248,7 @@ fn lossy_imports_stay_aligned_to_the_sample() {
     // must be cut, or every imported beat would start late.
     let dir = tempdir();
     let original = dir.path().join("noise.wav");
-    tool(
-        "sox",
-        &[
-            "-R",
-            "-n",
-            "-r",
-            "48000",
-            "-c",
-            "1",
-            s(&original),
-            "synth",
-            "3",
-            "pinknoise",
-            "gain",
-            "-10",
-        ],
-    );
+    noise(&original, 48_000, 1, 3, &["gain", "-10"]);
     let reference = read_wav(&original).samples;
     for (name, codec) in [("n.mp3", "libmp3lame"), ("n.m4a", "aac")] {
         let lossy = dir.path().join(name);

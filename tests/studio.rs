@@ -470,21 +470,7 @@ fn a_full_disk_fails_cleanly_and_changes_nothing() {
     let before = show();
     let big = tempdir();
     let wav = big.path().join("ten-minutes.wav");
-    tool(
-        "sox",
-        &[
-            "-R",
-            "-n",
-            "-r",
-            "48000",
-            "-c",
-            "2",
-            wav.to_str().unwrap(),
-            "synth",
-            "600",
-            "pinknoise",
-        ],
-    );
+    noise(&wav, 48_000, 2, 600, &[]);
     let out = run(&["import", "P", wav.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

@@ -189,23 +189,27 @@ pub fn ffmpeg_loudness(path: &Path) -> (f64, f64) {
     (after("I:"), after("Peak:"))
 }
 
-/// A stereo 44.1 kHz pink-noise WAV made by sox: long enough (with the
-/// resampling it needs) to interrupt an import or encode mid-way.
+/// A pink-noise WAV made by sox (`-R`: the same bytes every run).
+pub fn noise(path: &Path, rate: u32, channels: u32, seconds: u32, extra: &[&str]) {
+    let (rate, channels, secs) = (rate.to_string(), channels.to_string(), seconds.to_string());
+    let mut args = vec![
+        "-R",
+        "-n",
+        "-r",
+        &rate,
+        "-c",
+        &channels,
+        s(path),
+        "synth",
+        &secs,
+        "pinknoise",
+    ];
+    args.extend_from_slice(extra);
+    tool("sox", &args);
+}
+
+/// Stereo 44.1 kHz noise: long enough (with the resampling it needs) to
+/// interrupt an import or encode mid-way.
 pub fn long_noise(path: &Path, seconds: u32) {
-    let secs = seconds.to_string();
-    tool(
-        "sox",
-        &[
-            "-R",
-            "-n",
-            "-r",
-            "44100",
-            "-c",
-            "2",
-            s(path),
-            "synth",
-            &secs,
-            "pinknoise",
-        ],
-    );
+    noise(path, 44_100, 2, seconds, &[]);
 }

@@ -21,6 +21,31 @@ fn invite(s: &Studio, project: &str) -> String {
         .to_string()
 }
 
+fn new_project(s: &Studio, name: &str) -> String {
+    s.json(&["project", "new", name])["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn track_names(v: &Value) -> Vec<&str> {
+    v["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect()
+}
+
+fn track<'v>(v: &'v Value, name: &str) -> &'v Value {
+    v["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap()
+}
+
 /// Waits until both show the same project, then returns the view.
 fn converged(a: &Studio, b: &Studio, project: &str) -> Value {
     let mut last = (Value::Null, Value::Null);
@@ -35,10 +60,7 @@ fn converged(a: &Studio, b: &Studio, project: &str) -> Value {
 fn a_joined_node_converges_live_and_after_offline_edits() {
     let a = Studio::with_node();
     let mut b = Studio::with_node();
-    let p = a.json(&["project", "new", "Shared"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let p = new_project(&a, "Shared");
     a.ok(&["track", "add", &p, "Drums"]);
     b.ok(&["join", &invite(&a, &p)]);
     let v = converged(&a, &b, &p);
@@ -60,21 +82,11 @@ fn a_joined_node_converges_live_and_after_offline_edits() {
     b.ok(&["lyrics", &p, "--set", lyrics.to_str().unwrap()]);
     b.node = Some(Node::start(b.path()));
     let v = converged(&a, &b, &p);
-    let names: Vec<&str> = v["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = track_names(&v);
     for name in ["Drums", "Bass", "Keys"] {
         assert!(names.contains(&name), "{name} lost: {names:?}");
     }
-    let drums = v["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "Drums")
-        .unwrap();
+    let drums = track(&v, "Drums");
     assert_eq!(drums["gain_db"].as_f64(), Some(-3.0), "A's gain kept");
     assert_eq!(drums["pan"].as_f64(), Some(0.5), "B's pan kept");
     assert_eq!(v["stories"].as_array().unwrap().len(), 2);
@@ -85,10 +97,7 @@ fn a_joined_node_converges_live_and_after_offline_edits() {
 fn a_wrong_secret_or_a_damaged_ticket_gets_nothing() {
     let a = Studio::with_node();
     let stranger = Studio::with_node();
-    let p = a.json(&["project", "new", "Private"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let p = new_project(&a, "Private");
     let ticket = invite(&a, &p);
     // Same ticket, another secret (with a valid checksum): the inviter refuses.
     let forged = forge_secret(&ticket);
@@ -145,10 +154,7 @@ fn forge_secret(ticket: &str) -> String {
 fn stems_follow_the_state_and_mix_identically() {
     let a = Studio::with_node();
     let b = Studio::with_node();
-    let p = a.json(&["project", "new", "Song"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let p = new_project(&a, "Song");
     let noise = format!("{ALSA_SOUNDS}/Noise.wav");
     let center = format!("{ALSA_SOUNDS}/Front_Center.wav");
     let imported = a.json(&["import", &p, &noise, &center]);
@@ -223,14 +229,8 @@ fn fetch_as(key: [u8; 32], id: &str, addr: std::net::SocketAddr, hash: &str) -> 
 fn a_member_of_one_project_gets_no_stems_of_another_and_strangers_get_nothing() {
     let a = Studio::with_node();
     let mut b = Studio::with_node();
-    let x = a.json(&["project", "new", "X"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let y = a.json(&["project", "new", "Y"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let x = new_project(&a, "X");
+    let y = new_project(&a, "Y");
     let hx =
         a.json(&["import", &x, &format!("{ALSA_SOUNDS}/Front_Left.wav")])["imported"][0]["blob"]
             .as_str()
@@ -269,10 +269,7 @@ fn a_member_of_one_project_gets_no_stems_of_another_and_strangers_get_nothing() 
 fn status_shows_the_connected_peer() {
     let a = Studio::with_node();
     let b = Studio::with_node();
-    let p = a.json(&["project", "new", "P"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let p = new_project(&a, "P");
     b.ok(&["join", &invite(&a, &p)]);
     let b_id = b.ok(&["id"]).trim().to_string();
     let mut peers = Value::Null;
@@ -298,10 +295,7 @@ fn status_shows_the_connected_peer() {
 fn sync_wait_returns_once_state_and_stems_are_here() {
     let a = Studio::with_node();
     let b = Studio::with_node();
-    let p = a.json(&["project", "new", "P"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let p = new_project(&a, "P");
     a.ok(&[
         "import",
         &p,
@@ -331,10 +325,7 @@ fn edits_travel_a_line_through_the_middle_node() {
     let a = Studio::with_node();
     let mut b = Studio::with_node();
     let c = Studio::with_node();
-    let p = a.json(&["project", "new", "Line"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let p = new_project(&a, "Line");
     b.ok(&["join", &invite(&a, &p)]);
     converged(&a, &b, &p);
     c.ok(&["join", &invite(&b, &p)]);
@@ -366,10 +357,7 @@ fn three_nodes_partitioned_while_editing_converge_when_healed() {
     let mut a = Studio::with_node();
     let b = Studio::with_node();
     let c = Studio::with_node();
-    let p = a.json(&["project", "new", "Split"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let p = new_project(&a, "Split");
     a.ok(&["track", "add", &p, "Shared"]);
     b.ok(&["join", &invite(&a, &p)]);
     c.ok(&["join", &invite(&a, &p)]);
@@ -388,21 +376,11 @@ fn three_nodes_partitioned_while_editing_converge_when_healed() {
         v = a.show(&p);
         v == b.show(&p) && v == c.show(&p)
     });
-    let names: Vec<&str> = v["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
+    let names = track_names(&v);
     for name in ["Shared", "B only", "C only"] {
         assert!(names.contains(&name), "{name} lost: {names:?}");
     }
-    let shared = v["tracks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "Shared")
-        .unwrap();
+    let shared = track(&v, "Shared");
     assert_eq!(
         (shared["gain_db"].as_f64(), shared["pan"].as_f64()),
         (Some(-2.0), Some(-0.25))
