@@ -215,7 +215,11 @@ fn shared_projects(ctx: &mut crate::request::Context, peer: &str) -> Vec<(String
         let is_member = members(&p.doc.transact(), &p.roots)
             .iter()
             .any(|m| m == peer);
-        if let (true, Ok(secret)) = (is_member, project_secret(ctx, &row.id)) {
+        // Only shared projects: asking for a secret may create one.
+        if let Some(secret) = is_member
+            .then(|| project_secret(ctx, &row.id).ok())
+            .flatten()
+        {
             out.push((row.id, secret));
         }
     }
