@@ -1,8 +1,9 @@
 //! The sync protocol's messages and the checks remote bytes pass before
 //! yrs sees them. yrs' decoders trust declared counts (a 9-byte state
 //! vector claiming 500 M entries allocates ~1 GB) and assert on some
-//! malformed input in debug builds, so: counts are checked against the
-//! frame's size first, and decoding runs inside a panic boundary.
+//! malformed input in debug builds, and yrs 0.28.1 corrupts memory on one
+//! malformed update shape, so: every message's structure is walked first
+//! (`update_shape`), and decoding runs inside a panic boundary.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -10,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use yrs::updates::decoder::Decode;
 use yrs::{StateVector, Update};
 
+use crate::update_shape;
+
 /// Largest sync frame: a whole project's state in one update.
 pub const MAX_SYNC_FRAME_BYTES: usize = 32 << 20;
 /// Largest hello / join frame (JSON with ids and proofs).
 pub const MAX_HELLO_BYTES: usize = 4 << 10;
-/// Bytes each state-vector entry takes at least (two varints).
-const MIN_SV_ENTRY_BYTES: u64 = 2;
 
 /// Message kinds, the first byte of a sync frame.
 pub const HELLO: u8 = 1;
@@ -38,11 +39,10 @@ pub enum WireError {
     Kind(u8),
     #[error("malformed {0}")]
     Malformed(&'static str),
-    #[error("{what} claims {claimed} entries in {bytes} bytes")]
-    Oversized {
+    #[error("{what}: {why}")]
+    Shape {
         what: &'static str,
-        claimed: u64,
-        bytes: usize,
+        why: crate::update_shape::ShapeError,
     },
 }
 
@@ -60,32 +60,6 @@ pub fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     f.push(kind);
     f.extend_from_slice(body);
     f
-}
-
-/// The leading varint of `bytes` and how many bytes it took.
-fn leading_varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-/// Checks a declared count against the bytes that could hold it.
-fn check_count(what: &'static str, bytes: &[u8], min_entry: u64) -> Result<(), WireError> {
-    let (claimed, used) = leading_varint(bytes).ok_or(WireError::Malformed(what))?;
-    let room = (bytes.len() - used) as u64;
-    if claimed.saturating_mul(min_entry) > room {
-        return Err(WireError::Oversized {
-            what,
-            claimed,
-            bytes: bytes.len(),
-        });
-    }
-    Ok(())
 }
 
 thread_local! {
@@ -117,19 +91,21 @@ fn guarded<T>(what: &'static str, f: impl FnOnce() -> Option<T>) -> Result<T, Wi
 }
 
 pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector, WireError> {
-    check_count("state vector", bytes, MIN_SV_ENTRY_BYTES)?;
+    check_shape("state vector", update_shape::check_state_vector(bytes))?;
     guarded("state vector", || StateVector::decode_v1(bytes).ok())
 }
 
+/// Decodes an update whose whole structure passed [`update_shape`] first.
 pub fn decode_update(bytes: &[u8]) -> Result<Update, WireError> {
-    check_count("update", bytes, 1)?;
-    // The first client's struct count follows at once: check it too. (Later
-    // clients' counts sit behind their structs; yrs only reserves, without
-    // touching, the memory they claim before it runs out of bytes.)
-    if let Some((1.., used)) = leading_varint(bytes) {
-        check_count("update structs", &bytes[used..], 1)?;
-    }
+    check_shape("update", update_shape::check_update(bytes))?;
     guarded("update", || Update::decode_v1(bytes).ok())
+}
+
+fn check_shape(
+    what: &'static str,
+    shape: Result<(), update_shape::ShapeError>,
+) -> Result<(), WireError> {
+    shape.map_err(|why| WireError::Shape { what, why })
 }
 
 pub fn decode_hello(bytes: &[u8]) -> Result<Hello, WireError> {
@@ -194,11 +170,11 @@ mod tests {
         let bomb = [0x80, 0xca, 0xb5, 0xee, 0x01, 1, 2, 3, 4];
         assert!(matches!(
             decode_state_vector(&bomb),
-            Err(WireError::Oversized { .. })
+            Err(WireError::Shape { .. })
         ));
         assert!(matches!(
             decode_update(&bomb),
-            Err(WireError::Oversized { .. })
+            Err(WireError::Shape { .. })
         ));
     }
 

@@ -177,7 +177,8 @@ impl World {
 }
 
 fn deliver(to: &ProjectDoc, update: &[u8]) {
-    let update = Update::decode_v1(update).expect("our own update decodes");
+    // Through the same checks a peer's bytes pass: real updates must too.
+    let update = crate::net::wire::decode_update(update).expect("our own update passes the wire");
     to.doc
         .transact_mut_with(NET)
         .apply_update(update)
