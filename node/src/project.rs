@@ -5,6 +5,7 @@
 //! local edits. Knows nothing about audio decoding, the CLI or the network;
 //! remote updates arrive here as bytes with the `NET` origin.
 
+pub mod cache;
 pub mod doc;
 pub mod ops;
 pub mod view;

@@ -223,6 +223,38 @@ impl Store {
         Ok(doc)
     }
 
+    /// The log entries of a project from seq `from` on, for a reader that
+    /// already holds everything before it; `None` once a compaction has
+    /// folded entries at or past `from` into the snapshot (reload then).
+    pub fn doc_updates_since(
+        &self,
+        project: &str,
+        from: u64,
+    ) -> Result<Option<StoredDoc>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let base = txn
+            .open_table(DOC_BASE)?
+            .get(project)?
+            .map_or(0, |v| v.value());
+        if base > from {
+            return Ok(None);
+        }
+        let mut doc = StoredDoc {
+            snapshot: None,
+            updates: Vec::new(),
+            next_seq: from,
+        };
+        for entry in txn
+            .open_table(DOC_LOG)?
+            .range((project, from)..=(project, u64::MAX))?
+        {
+            let (k, v) = entry?;
+            doc.updates.push(v.value().to_vec());
+            doc.next_seq = k.value().1 + 1;
+        }
+        Ok(Some(doc))
+    }
+
     /// Remembered peers: (node id, record), ordered by id.
     pub fn peers(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read()?;

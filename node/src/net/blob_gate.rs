@@ -14,8 +14,8 @@ use iroh_blobs::provider::events::{
 use meshstudio_store::Hash;
 
 use super::hub::Hub;
+use crate::project::ProjectView;
 use crate::project::doc::members;
-use crate::project::{ProjectDoc, ProjectView};
 
 /// Provider events waiting for a verdict.
 const EVENTS_IN_FLIGHT: usize = 64;
@@ -77,13 +77,12 @@ async fn judge(hub: &Arc<Hub>, peer: Option<EndpointId>, hash: Hash) -> Result<(
 
 /// Whether `peer` is a member of a project here that references `hash`.
 fn may_fetch(ctx: &mut crate::request::Context, peer: &str, hash: Hash) -> bool {
-    let Ok(store) = ctx.store() else { return false };
-    let Ok(rows) = store.projects() else {
+    let Ok(rows) = ctx.store().and_then(|s| Ok(s.projects()?)) else {
         return false;
     };
     let hex = hash.to_hex().to_string();
     rows.iter().any(|row| {
-        let Ok(p) = ProjectDoc::load(store, &row.id) else {
+        let Ok(p) = ctx.doc(&row.id) else {
             return false;
         };
         let is_member = members(&yrs::Transact::transact(&p.doc), &p.roots)

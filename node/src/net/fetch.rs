@@ -10,14 +10,11 @@ use iroh::EndpointId;
 use meshstudio_store::{Hash, keep_stem};
 
 use super::hub::Hub;
-use crate::project::{ProjectDoc, ProjectView};
+use crate::project::ProjectView;
 
 /// Blobs `project` references, as far as they parse.
 pub fn referenced(ctx: &mut crate::request::Context, project: &str) -> Vec<Hash> {
-    let Ok(store) = ctx.store() else {
-        return Vec::new();
-    };
-    let Ok(p) = ProjectDoc::load(store, project) else {
+    let Ok(p) = ctx.doc(project) else {
         return Vec::new();
     };
     let view = ProjectView::of(&p);

@@ -11,7 +11,6 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::JOIN_ALPN;
-use crate::project::ProjectDoc;
 use crate::project::doc::members;
 use crate::request::Context;
 
@@ -129,10 +128,9 @@ impl Hub {
 
 /// Every node that is a member of any project here.
 pub fn member_union(ctx: &mut Context) -> Result<HashSet<String>, crate::request::RequestError> {
-    let store = ctx.store()?;
     let mut all = HashSet::new();
-    for row in store.projects()? {
-        let p = ProjectDoc::load(store, &row.id)?;
+    for row in ctx.store()?.projects()? {
+        let p = ctx.doc(&row.id)?;
         let txn = yrs::Transact::transact(&p.doc);
         all.extend(members(&txn, &p.roots));
     }

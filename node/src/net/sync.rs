@@ -23,7 +23,6 @@ use super::hub::Hub;
 use super::proof::{self, Purpose};
 use super::wire::{self, HELLO, Hello, MAX_SYNC_FRAME_BYTES, STEP1, STEP2, UPDATE};
 use super::{SYNC_ALPN, frame};
-use crate::project::ProjectDoc;
 use crate::project::doc::{NET, members};
 use crate::request::project_secret;
 
@@ -88,7 +87,7 @@ async fn check_hello(hub: &Arc<Hub>, peer: &str, hello: &Hello) -> Result<[u8; 3
     let (project, peer_s) = (hello.project.clone(), peer.to_string());
     let secret = hub
         .with_ctx(move |ctx| -> Option<[u8; 32]> {
-            let p = ProjectDoc::load(ctx.store().ok()?, &project).ok()?;
+            let p = ctx.doc(&project).ok()?;
             let is_member = members(&p.doc.transact(), &p.roots).contains(&peer_s);
             is_member
                 .then(|| project_secret(ctx, &project).ok())
@@ -201,6 +200,32 @@ async fn run_dialed(hub: &Arc<Hub>, conn: &Connection, peer: &str) -> Result<(),
     Ok(())
 }
 
+fn apply_and_store(
+    ctx: &mut crate::request::Context,
+    project: &str,
+    update: yrs::Update,
+    bytes: &[u8],
+) -> Result<bool, SyncError> {
+    let refused = |e: crate::request::RequestError| SyncError::Refused(e.to_string());
+    let p = ctx.doc(project).map_err(refused)?;
+    let before = p.doc.transact().state_vector();
+    let mut applied = Ok(());
+    wire::guarded_apply(|| {
+        applied = p.doc.transact_mut_with(NET).apply_update(update);
+        applied.is_ok()
+    })?;
+    let after = p.doc.transact().state_vector();
+    if before == after && !p.doc.transact().has_missing_updates() {
+        return Ok(false);
+    }
+    let store = ctx.store().map_err(refused)?;
+    let seq = store
+        .write(|w| w.append_update(project, bytes))
+        .map_err(|e| SyncError::Refused(e.to_string()))?;
+    ctx.doc_wrote(project, seq);
+    Ok(true)
+}
+
 /// Projects here that `peer` is a member of, with their secrets.
 fn shared_projects(ctx: &mut crate::request::Context, peer: &str) -> Vec<(String, [u8; 32])> {
     let Ok(rows) = ctx.store().and_then(|s| Ok(s.projects()?)) else {
@@ -208,8 +233,7 @@ fn shared_projects(ctx: &mut crate::request::Context, peer: &str) -> Vec<(String
     };
     let mut out = Vec::new();
     for row in rows {
-        let Ok(store) = ctx.store() else { continue };
-        let Ok(p) = ProjectDoc::load(store, &row.id) else {
+        let Ok(p) = ctx.doc(&row.id) else {
             continue;
         };
         let is_member = members(&p.doc.transact(), &p.roots)
@@ -376,8 +400,7 @@ async fn push(
 async fn our_state_vector(hub: &Arc<Hub>, project: &str) -> StateVector {
     let project = project.to_string();
     hub.with_ctx(move |ctx| {
-        let store = ctx.store().ok()?;
-        let p = ProjectDoc::load(store, &project).ok()?;
+        let p = ctx.doc(&project).ok()?;
         let sv = p.doc.transact().state_vector();
         Some(sv)
     })
@@ -390,8 +413,7 @@ async fn our_state_vector(hub: &Arc<Hub>, project: &str) -> StateVector {
 async fn diff_for(hub: &Arc<Hub>, project: &str, sv: &StateVector) -> (Vec<u8>, StateVector) {
     let (project, peer_sv) = (project.to_string(), sv.clone());
     hub.with_ctx(move |ctx| {
-        let store = ctx.store().ok()?;
-        let p = ProjectDoc::load(store, &project).ok()?;
+        let p = ctx.doc(&project).ok()?;
         let txn = p.doc.transact();
         Some((txn.encode_state_as_update_v1(&peer_sv), txn.state_vector()))
     })
@@ -404,25 +426,13 @@ async fn apply_remote(hub: &Arc<Hub>, project: &str, bytes: Vec<u8>) -> Result<b
     let update = wire::decode_update(&bytes)?;
     let project = project.to_string();
     let applied = hub
-        .with_ctx(move |ctx| -> Result<bool, SyncError> {
-            let store = ctx.store().map_err(|e| SyncError::Refused(e.to_string()))?;
-            let p =
-                ProjectDoc::load(store, &project).map_err(|e| SyncError::Refused(e.to_string()))?;
-            let before = p.doc.transact().state_vector();
-            let mut applied = Ok(());
-            wire::guarded_apply(|| {
-                applied = p.doc.transact_mut_with(NET).apply_update(update);
-                applied.is_ok()
-            })?;
-            let after = p.doc.transact().state_vector();
-            let pending = p.doc.transact().has_missing_updates();
-            if before == after && !pending {
-                return Ok(false);
+        .with_ctx(move |ctx| {
+            let result = apply_and_store(ctx, &project, update, &bytes);
+            if result.is_err() {
+                // The cached document may hold what the database does not.
+                ctx.forget_doc(&project);
             }
-            store
-                .write(|w| w.append_update(&project, &bytes).map(|_| ()))
-                .map_err(|e| SyncError::Refused(e.to_string()))?;
-            Ok(true)
+            result
         })
         .await?;
     if applied {

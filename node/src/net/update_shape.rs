@@ -20,6 +20,8 @@ use std::collections::HashSet;
 pub const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
 /// Deepest nesting of `Any` arrays and maps (yrs decodes them recursively).
 pub const MAX_ANY_DEPTH: usize = 32;
+/// Fewest bytes a block takes (a GC or skip block: info and length).
+const MIN_BLOCK_BYTES: usize = 2;
 /// Longest varint: 10 bytes carry 64 bits.
 const MAX_VARINT_BYTES: usize = 10;
 
@@ -177,7 +179,7 @@ pub fn check_update(bytes: &[u8]) -> Walk<()> {
     let mut r = Reader { bytes, pos: 0 };
     let mut seen = HashSet::new();
     for _ in 0..r.count(3)? {
-        let blocks = r.count(1)?;
+        let blocks = r.count(MIN_BLOCK_BYTES)?;
         if !seen.insert(r.client()?) {
             return Err(ShapeError("a client has two struct sections"));
         }
@@ -331,14 +333,18 @@ mod tests {
         assert_eq!(check_update(&full), Ok(()));
         assert_eq!(check_state_vector(&txn.state_vector().encode_v1()), Ok(()));
         let empty = yrs::Doc::new();
-        let none = empty.transact().encode_state_as_update_v1(&StateVector::default());
+        let none = empty
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
         assert_eq!(check_update(&none), Ok(()));
     }
 
     #[test]
     fn trailing_bytes_and_truncation_are_refused() {
         let doc = rich_doc();
-        let mut full = doc.transact().encode_state_as_update_v1(&StateVector::default());
+        let mut full = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
         for cut in 0..full.len() {
             assert!(check_update(&full[..cut]).is_err(), "cut at {cut}");
         }
@@ -386,7 +392,10 @@ mod tests {
         );
         // A GC block of 2^32 − 1 starting at clock 5.
         let gc = [1, 1, 1, 5, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0];
-        assert_eq!(check_update(&gc), Err(ShapeError("clocks overflow 32 bits")));
+        assert_eq!(
+            check_update(&gc),
+            Err(ShapeError("clocks overflow 32 bits"))
+        );
         // A deleted range of length 0.
         let ds = [0, 1, 1, 1, 3, 0];
         assert_eq!(check_update(&ds), Err(ShapeError("an empty range")));

@@ -42,7 +42,7 @@ pub enum WireError {
     #[error("{what}: {why}")]
     Shape {
         what: &'static str,
-        why: crate::update_shape::ShapeError,
+        why: update_shape::ShapeError,
     },
 }
 
@@ -172,10 +172,7 @@ mod tests {
             decode_state_vector(&bomb),
             Err(WireError::Shape { .. })
         ));
-        assert!(matches!(
-            decode_update(&bomb),
-            Err(WireError::Shape { .. })
-        ));
+        assert!(matches!(decode_update(&bomb), Err(WireError::Shape { .. })));
     }
 
     #[test]

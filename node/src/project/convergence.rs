@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use yrs::updates::decoder::Decode;
-use yrs::{Transact, Update};
+use yrs::Transact;
 
 use super::doc::{NET, key};
 use super::ops::{Change, EntryList, Fields, apply_all};

@@ -160,6 +160,11 @@ impl ProjectDoc {
     /// Loads a project from its snapshot and log, folding a long log into
     /// a snapshot on the way.
     pub fn load(store: &Store, id: &str) -> Result<Self, ProjectError> {
+        Ok(Self::load_with_seq(store, id)?.0)
+    }
+
+    /// Loads the document and the log seq its state reaches (exclusive).
+    pub fn load_with_seq(store: &Store, id: &str) -> Result<(Self, u64), ProjectError> {
         let stored = store.load_doc(id)?;
         let doc = new_doc(store.client_id()?);
         let roots = roots(&doc);
@@ -173,7 +178,7 @@ impl ProjectDoc {
             let snapshot = project.full_state();
             store.write(|w| w.compact_doc(id, &snapshot, stored.next_seq))?;
         }
-        Ok(project)
+        Ok((project, stored.next_seq))
     }
 
     /// The whole document as one update.
@@ -216,7 +221,7 @@ impl ProjectDoc {
 }
 
 /// Applies the stored snapshot and log (as remote state: not undoable).
-fn apply_stored(doc: &Doc, id: &str, stored: &StoredDoc) -> Result<(), ProjectError> {
+pub(super) fn apply_stored(doc: &Doc, id: &str, stored: &StoredDoc) -> Result<(), ProjectError> {
     let mut txn = doc.transact_mut_with(NET);
     let parts = stored.snapshot.iter().chain(stored.updates.iter());
     for (seq, bytes) in parts.enumerate() {

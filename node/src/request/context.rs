@@ -21,6 +21,8 @@ pub struct Context {
     net: Option<NetHandle>,
     data_dir: PathBuf,
     store: Option<Store>,
+    /// Documents kept in memory between requests and sync frames.
+    docs: crate::project::cache::DocCache,
     blobs: Option<BlobStore>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -31,6 +33,7 @@ impl Context {
             net: None,
             data_dir,
             store: None,
+            docs: Default::default(),
             blobs: None,
             runtime: None,
         }
@@ -62,6 +65,23 @@ impl Context {
             self.store = Some(Store::open(&self.data_dir)?);
         }
         Ok(self.store.as_ref().expect("opened above"))
+    }
+
+    /// A project's document, kept in memory and current with the database.
+    pub fn doc(&mut self, id: &str) -> Result<std::sync::Arc<crate::project::ProjectDoc>> {
+        self.store()?;
+        let store = self.store.as_ref().expect("opened above");
+        Ok(self.docs.get(store, id)?)
+    }
+
+    /// The cached document already holds the update just written at `seq`.
+    pub fn doc_wrote(&mut self, id: &str, seq: u64) {
+        self.docs.wrote(id, seq);
+    }
+
+    /// The cached document may differ from the database: drop it.
+    pub fn forget_doc(&mut self, id: &str) {
+        self.docs.forget(id);
     }
 
     /// Runs async blob-store work on this context's runtime.
