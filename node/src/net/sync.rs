@@ -205,7 +205,7 @@ fn apply_and_store(
     project: &str,
     update: yrs::Update,
     bytes: &[u8],
-) -> Result<bool, SyncError> {
+) -> Result<Option<serde_json::Value>, SyncError> {
     let refused = |e: crate::request::RequestError| SyncError::Refused(e.to_string());
     let p = ctx.doc(project).map_err(refused)?;
     let before = p.doc.transact().state_vector();
@@ -216,14 +216,14 @@ fn apply_and_store(
     })?;
     let after = p.doc.transact().state_vector();
     if before == after && !p.doc.transact().has_missing_updates() {
-        return Ok(false);
+        return Ok(None);
     }
     let store = ctx.store().map_err(refused)?;
     let seq = store
         .write(|w| w.append_update(project, bytes))
         .map_err(|e| SyncError::Refused(e.to_string()))?;
     ctx.doc_wrote(project, seq);
-    Ok(true)
+    Ok(Some(p.clocks()))
 }
 
 /// Projects here that `peer` is a member of, with their secrets.
@@ -360,12 +360,14 @@ async fn handle(
             hub.progress(project, peer, |s| s.sent_catch_up = true);
         }
         (kind @ (STEP2 | UPDATE), body) => {
-            let applied = apply_remote(hub, project, body.to_vec()).await?;
+            let clocks = apply_remote(hub, project, body.to_vec()).await?;
+            let applied = clocks.is_some();
             if kind == STEP2 {
                 hub.progress(project, peer, |s| s.got_catch_up = true);
             }
-            if applied {
-                let change = json!({ "op": "sync", "project": project, "from": peer });
+            if let Some(clocks) = clocks {
+                let change =
+                    json!({ "op": "sync", "project": project, "from": peer, "clocks": clocks });
                 let _ = hub.changes.send(change);
             }
             // After the catch-up, and whenever new state arrives, get its stems.
@@ -421,8 +423,13 @@ async fn diff_for(hub: &Arc<Hub>, project: &str, sv: &StateVector) -> (Vec<u8>, 
     .unwrap_or_else(|| (vec![0, 0], sv.clone()))
 }
 
-/// Applies a peer's update and stores it; `false` if it changed nothing.
-async fn apply_remote(hub: &Arc<Hub>, project: &str, bytes: Vec<u8>) -> Result<bool, SyncError> {
+/// Applies a peer's update and stores it; the document's clocks after it,
+/// or `None` if it changed nothing.
+async fn apply_remote(
+    hub: &Arc<Hub>,
+    project: &str,
+    bytes: Vec<u8>,
+) -> Result<Option<serde_json::Value>, SyncError> {
     let update = wire::decode_update(&bytes)?;
     let project = project.to_string();
     let applied = hub
@@ -435,7 +442,7 @@ async fn apply_remote(hub: &Arc<Hub>, project: &str, bytes: Vec<u8>) -> Result<b
             result
         })
         .await?;
-    if applied {
+    if applied.is_some() {
         hub.refresh_members().await;
     }
     Ok(applied)

@@ -7,8 +7,9 @@
 //! `{"progress":{"done":N,"total":M}}` lines, then one `{"reply":…}` or
 //! `{"error":"…","cancelled":bool}`. A client that disconnects cancels its
 //! request. `GET /v1/status` describes the node. `GET /v1/events` is a
-//! server-sent event stream of changes (`event: change`, the request's op
-//! and project), for views that stay current.
+//! server-sent event stream of changes (`event: change`: the op — a
+//! request's, or `sync` for a peer's update —, the project and its clocks,
+//! client id → clock), for views that stay current.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -147,8 +148,7 @@ async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Re
         let line = match execute(&mut ctx, req, &observer) {
             Ok(reply) => {
                 if let Some(changes) = changes {
-                    let project = reply.get("project").or_else(|| reply.get("id"));
-                    let _ = changes.send(json!({ "op": op, "project": project }));
+                    let _ = changes.send(change_event(&mut ctx, &op, &reply));
                 }
                 json!({ "reply": reply })
             }
@@ -164,6 +164,17 @@ async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Re
         let _ = tx.blocking_send(line_of(&line));
     });
     ndjson(rx)
+}
+
+/// The event a successful change request announces: its op, project and
+/// the project's clocks after it.
+fn change_event(ctx: &mut Context, op: &str, reply: &Value) -> Value {
+    let project = reply.get("project").or_else(|| reply.get("id"));
+    let clocks = project
+        .and_then(Value::as_str)
+        .and_then(|p| ctx.doc(p).ok())
+        .map(|p| p.clocks());
+    json!({ "op": op, "project": project, "clocks": clocks })
 }
 
 fn ndjson(rx: mpsc::Receiver<Bytes>) -> Response {

@@ -181,6 +181,16 @@ impl ProjectDoc {
         Ok((project, stored.next_seq))
     }
 
+    /// The state vector as JSON, client id → clock: change events carry it
+    /// so a watcher can tell which edits a node has applied.
+    pub fn clocks(&self) -> serde_json::Value {
+        let sv = self.doc.transact().state_vector();
+        let map = sv
+            .iter()
+            .map(|(client, clock)| (client.get().to_string(), (*clock).into()));
+        serde_json::Value::Object(map.collect())
+    }
+
     /// The whole document as one update.
     pub fn full_state(&self) -> Vec<u8> {
         self.doc

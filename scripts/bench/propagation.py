@@ -1,0 +1,195 @@
+"""Propagation latency of small edits across a mesh of real nodes.
+
+Started by scripts/bench/propagation (which builds the release binary).
+Five nodes on loopback: A creates a project, B..E join it with A's ticket.
+Every node's /v1/events stream is watched; each change event carries the
+project's clocks (client id -> clock). A then makes EDITS marker edits,
+one every INTERVAL seconds; an edit has reached a node once that node's
+clocks cover the clocks A reported for it. Latency = from sending the edit
+request to the last node applying it. Prints p50/p99/max. Goal: p99 <= 100 ms.
+"""
+
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+NODES = 5
+EDITS = int(os.environ.get("EDITS", "1000"))
+INTERVAL = float(os.environ.get("INTERVAL", "0.02"))
+SYNC_TIMEOUT = "120"
+
+
+def cli(binary, data_dir, *args):
+    out = subprocess.run(
+        [binary, "--data-dir", data_dir, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout
+
+
+def start(binary, data_dir):
+    log = open(os.path.join(data_dir, "up.log"), "w")
+    proc = subprocess.Popen(
+        [binary, "--data-dir", data_dir, "up", "--bind", "127.0.0.1:0", "--api", "127.0.0.1:0"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    info = os.path.join(data_dir, "node.json")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if os.path.exists(info):
+            try:
+                with open(info) as f:
+                    return proc, json.load(f)
+            except ValueError:
+                pass
+        time.sleep(0.05)
+    raise SystemExit(f"node in {data_dir} did not start")
+
+
+def connect(info):
+    host, port = info["api"].rsplit(":", 1)
+    return http.client.HTTPConnection(host, int(port), timeout=60)
+
+
+def headers(info):
+    return {"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"}
+
+
+class Watcher(threading.Thread):
+    """Collects (arrival time, clocks) of one node's change events."""
+
+    def __init__(self, info, project):
+        super().__init__(daemon=True)
+        self.info, self.project = info, project
+        self.events = []
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+
+    def run(self):
+        conn = connect(self.info)
+        conn.request("GET", "/v1/events", headers=headers(self.info))
+        resp = conn.getresponse()
+        self.ready.set()
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            now = time.perf_counter()
+            event = json.loads(line[5:])
+            if event.get("project") == self.project and event.get("clocks"):
+                with self.lock:
+                    self.events.append((now, event["op"], event["clocks"]))
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.events)
+
+
+def covers(have, want):
+    return all(have.get(k, 0) >= v for k, v in want.items())
+
+
+def edit(info, project, i):
+    conn = connect(info)
+    body = json.dumps({"op": "marker_add", "project": project, "at_seconds": i * 0.5, "name": f"m{i}"})
+    conn.request("POST", "/v1/request", body=body, headers=headers(info))
+    for raw in conn.getresponse():
+        line = json.loads(raw)
+        if "error" in line:
+            raise SystemExit(f"edit {i} failed: {line['error']}")
+        if "reply" in line:
+            return
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def main():
+    binary = sys.argv[1]
+    work = tempfile.mkdtemp(prefix="meshstudio-propagation.", dir="/var/tmp")
+    dirs = [os.path.join(work, chr(ord("a") + i)) for i in range(NODES)]
+    procs, infos = [], []
+    try:
+        for d in dirs:
+            os.makedirs(d)
+            proc, info = start(binary, d)
+            procs.append(proc)
+            infos.append(info)
+        project = json.loads(cli(binary, dirs[0], "project", "new", "Bench", "--json"))["id"]
+        ticket = cli(binary, dirs[0], "invite", project).strip().splitlines()[-1]
+        for d in dirs[1:]:
+            cli(binary, d, "join", ticket)
+        for d in dirs[1:]:
+            cli(binary, d, "sync", project, "--wait", "--timeout", SYNC_TIMEOUT)
+        watchers = [Watcher(info, project) for info in infos]
+        for w in watchers:
+            w.start()
+            w.ready.wait(10)
+        print(f"{NODES} nodes joined; {EDITS} edits on A, one every {INTERVAL * 1000:.0f} ms ...")
+        sent = []
+        for i in range(EDITS):
+            t0 = time.perf_counter()
+            edit(infos[0], project, i)
+            sent.append(t0)
+            pause = INTERVAL - (time.perf_counter() - t0)
+            if pause > 0:
+                time.sleep(pause)
+        latencies = measure(watchers, sent)
+    finally:
+        for p in procs:
+            p.send_signal(2)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["rm", "-rf", work])
+    report(latencies)
+
+
+def measure(watchers, sent, timeout=30):
+    """Waits until every node has every edit; returns each edit's latency."""
+    deadline = time.time() + timeout
+    while True:
+        own = [e for e in watchers[0].snapshot() if e[1] == "marker_add"]
+        if len(own) == len(sent):
+            latencies = [reach(watchers[1:], sent[i], own[i][2]) for i in range(len(sent))]
+            if all(lat is not None for lat in latencies):
+                return latencies
+        if time.time() > deadline:
+            missing = len(sent) - len(own)
+            raise SystemExit(f"not every node got every edit within {timeout} s ({missing} own events missing)")
+        time.sleep(0.2)
+
+
+def reach(others, t0, clocks):
+    """When the last of `others` applied the edit with `clocks`, minus t0."""
+    last = t0
+    for w in others:
+        arrived = next((t for t, _, c in w.snapshot() if covers(c, clocks)), None)
+        if arrived is None:
+            return None
+        last = max(last, arrived)
+    return last - t0
+
+
+def report(latencies):
+    ms = [x * 1000 for x in latencies]
+    p50, p99 = statistics.median(ms), percentile(ms, 99)
+    print(f"propagation to all {NODES - 1} peers over {len(ms)} edits: "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(ms):.1f} ms (goal p99 <= 100 ms)")
+
+
+if __name__ == "__main__":
+    main()
