@@ -9,8 +9,10 @@
 pub mod blob_gate;
 pub mod fetch;
 pub mod frame;
+pub mod gossip;
 pub mod hub;
 pub mod join;
+pub mod notice;
 pub mod proof;
 pub mod sync;
 pub mod ticket;

@@ -333,13 +333,11 @@ impl ProjectRecord {
 
 /// The project's secret; projects made before secrets existed get one now.
 pub fn project_secret(ctx: &mut Context, project: &str) -> Result<[u8; 32]> {
-    let store = ctx.store()?;
-    let stored = store
-        .project(project)?
-        .and_then(|b| serde_json::from_slice::<ProjectRecord>(&b).ok());
+    let stored = project_record(ctx, project)?;
     if let Some(secret) = stored.as_ref().and_then(ProjectRecord::secret_bytes) {
         return Ok(secret);
     }
+    let store = ctx.store()?;
     let record = ProjectRecord {
         created: stored.map_or_else(now_ms, |r| r.created),
         ..ProjectRecord::new()
@@ -347,6 +345,18 @@ pub fn project_secret(ctx: &mut Context, project: &str) -> Result<[u8; 32]> {
     let bytes = serde_json::to_vec(&record).expect("json");
     store.write(|w| w.put_project(project, &bytes))?;
     Ok(record.secret_bytes().expect("just made"))
+}
+
+fn project_record(ctx: &mut Context, project: &str) -> Result<Option<ProjectRecord>> {
+    Ok(ctx
+        .store()?
+        .project(project)?
+        .and_then(|b| serde_json::from_slice::<ProjectRecord>(&b).ok()))
+}
+
+/// The project's secret if it has one (it is made on the first invite).
+pub fn existing_secret(ctx: &mut Context, project: &str) -> Option<[u8; 32]> {
+    project_record(ctx, project).ok()??.secret_bytes()
 }
 
 /// Applies a local edit and persists it with its undo entry, in one

@@ -28,7 +28,9 @@ pub fn referenced(ctx: &mut crate::request::Context, project: &str) -> Vec<Hash>
 
 /// Downloads what `project` needs from `peer`.
 pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
-    let wanted = hub.with_ctx(move |ctx| referenced(ctx, &project)).await;
+    let p = project.clone();
+    let wanted = hub.with_ctx(move |ctx| referenced(ctx, &p)).await;
+    let mut got = false;
     for hash in wanted {
         if hub.blobs.blobs().has(hash).await.unwrap_or(false) {
             continue;
@@ -41,24 +43,35 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
         {
             continue; // another session is already fetching it
         }
-        let result = fetch_one(&hub, hash, peer).await;
+        let providers = hub.providers(&project, hash, peer);
+        let result = fetch_one(&hub, hash, providers).await;
         hub.fetching
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&hash);
         match result {
-            Ok(()) => tracing::info!(%peer, hash = %hash.fmt_short(), "stem received"),
+            Ok(()) => {
+                tracing::info!(hash = %hash.fmt_short(), "stem received");
+                got = true;
+            }
             Err(e) => {
                 tracing::warn!(%peer, hash = %hash.fmt_short(), error = %e, "stem fetch failed")
             }
         }
     }
+    if got {
+        // Others may fetch them from here now (store-and-forward).
+        super::gossip::announce_stems(&hub, &project, false).await;
+    }
 }
 
-async fn fetch_one(hub: &Hub, hash: Hash, peer: EndpointId) -> Result<(), String> {
+/// Downloads `hash`, trying `providers` in turn; each resumes from what
+/// is already here (verified), so a peer serving bad data costs only the
+/// chunk that failed verification.
+async fn fetch_one(hub: &Hub, hash: Hash, providers: Vec<EndpointId>) -> Result<(), String> {
     let downloader = hub.blobs.downloader(&hub.endpoint);
     downloader
-        .download(hash, vec![peer])
+        .download(hash, providers)
         .await
         .map_err(|e| e.to_string())?;
     keep_stem(&hub.blobs, hash).await.map_err(|e| e.to_string())

@@ -5,8 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use iroh::Endpoint;
+use iroh::address_lookup::MemoryLookup;
 use iroh::endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks};
+use iroh::{Endpoint, EndpointAddr, EndpointId};
+use iroh_gossip::api::GossipSender;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -33,7 +35,25 @@ pub struct Hub {
     pub connections: Mutex<HashMap<String, Connection>>,
     /// Catch-up state of every live (project, peer) session, for `sync --wait`.
     pub sessions: Mutex<HashMap<(String, String), SessionProgress>>,
+    pub gossip: iroh_gossip::Gossip,
+    /// Addresses of members learned from tickets, gossip and memory, for
+    /// dialing by id (sync, blobs, gossip).
+    pub book: MemoryLookup,
+    pub net: Mutex<NetState>,
 }
+
+/// Who we talk to: joined topics, peers being dialed, stem providers.
+#[derive(Default)]
+pub struct NetState {
+    topics: HashMap<String, GossipSender>,
+    dialing: HashSet<EndpointId>,
+    /// Members that said they hold a stem, newest first.
+    providers: HashMap<meshstudio_store::Hash, Vec<EndpointId>>,
+    announced: HashSet<(String, meshstudio_store::Hash)>,
+}
+
+/// Most providers remembered per stem.
+const MAX_PROVIDERS: usize = 8;
 
 /// How far one project's session with one peer has got.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -115,6 +135,79 @@ impl Hub {
             .collect();
         out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         out
+    }
+
+    fn net_state(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.net.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn topic(&self, project: &str) -> Option<GossipSender> {
+        self.net_state().topics.get(project).cloned()
+    }
+
+    pub fn set_topic(&self, project: &str, sender: GossipSender) {
+        self.net_state().topics.insert(project.to_string(), sender);
+    }
+
+    pub fn drop_topic(&self, project: &str) {
+        self.net_state().topics.remove(project);
+    }
+
+    pub fn add_provider(&self, hash: meshstudio_store::Hash, peer: EndpointId) {
+        let mut net = self.net_state();
+        let list = net.providers.entry(hash).or_default();
+        list.retain(|p| *p != peer);
+        list.insert(0, peer);
+        list.truncate(MAX_PROVIDERS);
+    }
+
+    /// Peers to fetch `hash` from: `first`, then members that announced it,
+    /// then peers with a live session on `project`.
+    pub fn providers(
+        &self,
+        project: &str,
+        hash: meshstudio_store::Hash,
+        first: EndpointId,
+    ) -> Vec<EndpointId> {
+        let mut out = vec![first];
+        let announced = self.net_state().providers.get(&hash).cloned();
+        out.extend(announced.unwrap_or_default());
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        out.extend(
+            sessions
+                .keys()
+                .filter(|(p, _)| p == project)
+                .filter_map(|(_, peer)| peer.parse::<EndpointId>().ok()),
+        );
+        let mut seen = HashSet::new();
+        out.retain(|p| seen.insert(*p));
+        out
+    }
+
+    /// `true` the first time `hash` is announced on `project`.
+    pub fn mark_announced(&self, project: &str, hash: meshstudio_store::Hash) -> bool {
+        self.net_state()
+            .announced
+            .insert((project.to_string(), hash))
+    }
+
+    /// Keeps a connection to `addr`'s node: dials it (with backoff, for as
+    /// long as the node runs) unless that already happens.
+    pub fn ensure_dialing(self: &Arc<Self>, addr: EndpointAddr) {
+        if addr.id.to_string() == self.me {
+            return;
+        }
+        if addr.ip_addrs().next().is_some() {
+            self.book.add_endpoint_info(addr.clone());
+        }
+        if self.net_state().dialing.insert(addr.id) {
+            tokio::spawn(super::sync::dial_forever(self.clone(), addr));
+        }
+    }
+
+    pub fn is_connected(&self, peer: &str) -> bool {
+        let live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        live.contains_key(peer)
     }
 
     /// Re-reads every project's member list into the gate.

@@ -254,10 +254,16 @@ fn shared_projects(ctx: &mut crate::request::Context, peer: &str) -> Vec<(String
 /// link comes back.
 pub async fn dial_forever(hub: Arc<Hub>, addr: EndpointAddr) {
     let mut wait = REDIAL_FIRST;
+    let peer = addr.id.to_string();
     loop {
-        match dial(hub.clone(), addr.clone()).await {
-            Ok(()) => wait = REDIAL_FIRST,
-            Err(e) => tracing::debug!(peer = %addr.id, error = %e, "sync dial failed"),
+        // The peer may have dialed us: one connection is enough.
+        if hub.is_connected(&peer) {
+            wait = REDIAL_FIRST;
+        } else {
+            match dial(hub.clone(), addr.clone()).await {
+                Ok(()) => wait = REDIAL_FIRST,
+                Err(e) => tracing::debug!(%peer, error = %e, "sync dial failed"),
+            }
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(REDIAL_MAX);
@@ -274,6 +280,10 @@ async fn session(
 ) -> Result<(), SyncError> {
     let mut changes = hub.changes.subscribe();
     let mut frames = spawn_reader(recv);
+    // A sync partner is a gossip neighbor too.
+    if let (Some(topic), Ok(id)) = (hub.topic(&project), peer.parse()) {
+        let _ = topic.join_peers(vec![id]).await;
+    }
     let sv = our_state_vector(&hub, &project).await;
     frame::write(&mut send, &wire::frame(STEP1, &sv.encode_v1())).await?;
     let mut peer_sv: Option<StateVector> = None;

@@ -15,11 +15,11 @@ use meshstudio_store::{StoreError, init_identity};
 use super::api::{ApiState, router};
 use super::info::{self, NodeInfo};
 use super::logging;
-use crate::net::blob_gate;
 use crate::net::hub::{Gate, Hub, member_union};
 use crate::net::join::JoinProtocol;
-use crate::net::sync::{self, SyncProtocol};
+use crate::net::sync::SyncProtocol;
 use crate::net::{JOIN_ALPN, SYNC_ALPN};
+use crate::net::{blob_gate, gossip};
 use crate::request::{Context, NetHandle, RequestError};
 
 /// The API's usual address; taken → a free port (several nodes on one machine).
@@ -109,7 +109,18 @@ async fn serve(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
+    let gossip = iroh_gossip::Gossip::builder()
+        .max_message_size(gossip::GOSSIP_MAX_MESSAGE_BYTES)
+        .spawn(endpoint.clone());
+    let book = iroh::address_lookup::MemoryLookup::new();
+    endpoint
+        .address_lookup()
+        .map_err(|e| e.to_string())?
+        .add(book.clone());
     let hub = Arc::new(Hub {
+        gossip: gossip.clone(),
+        book,
+        net: Mutex::new(Default::default()),
         blobs: blobs.clone(),
         fetching: Mutex::new(Default::default()),
         connections: Mutex::new(Default::default()),
@@ -129,12 +140,15 @@ async fn serve(
     let protocols = iroh::protocol::Router::builder(endpoint.clone())
         .accept(SYNC_ALPN, SyncProtocol(hub.clone()))
         .accept(JOIN_ALPN, JoinProtocol(hub.clone()))
+        .accept(iroh_gossip::ALPN, gossip)
         .accept(
             iroh_blobs::ALPN,
             iroh_blobs::BlobsProtocol::new(&blobs, Some(blob_gate::spawn(hub.clone()))),
         )
         .spawn();
     redial_remembered(&hub).await;
+    gossip::join_all(&hub).await;
+    tokio::spawn(gossip::follow_changes(hub.clone()));
     let listener = bind_api(opts.api).await?;
     let api = listener.local_addr().map_err(|e| e.to_string())?;
     let id = endpoint.id().to_string();
@@ -207,7 +221,7 @@ async fn redial_remembered(hub: &Arc<Hub>) {
         let addr = addrs
             .iter()
             .fold(iroh::EndpointAddr::new(id), |a, ip| a.with_ip_addr(*ip));
-        tokio::spawn(sync::dial_forever(hub.clone(), addr));
+        hub.ensure_dialing(addr);
     }
 }
 

@@ -7,13 +7,18 @@ use serde_json::{Value, json};
 use super::{Context, ProjectRecord, RequestError, Result, now_ms, project_secret, resolve};
 use crate::net::hub::member_union;
 use crate::net::ticket::Ticket;
-use crate::net::{join, sync, wire};
+use crate::net::{gossip, join, wire};
 use crate::project::ProjectDoc;
 
 pub fn invite(ctx: &mut Context, project: &str) -> Result<Value> {
     let net = ctx.net("invite")?;
     let p = resolve::project(ctx.store()?, project)?;
     let secret = project_secret(ctx, &p.id)?;
+    if let Some(hub) = net.hub.upgrade() {
+        // Joiners will find us on the project's topic.
+        net.runtime
+            .spawn(gossip::join(hub, p.id.clone(), secret, Vec::new()));
+    }
     let addrs: Vec<_> = net.endpoint.addr().ip_addrs().copied().collect();
     let ticket = Ticket {
         project: p.id.clone(),
@@ -51,7 +56,15 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
             .fold(iroh::EndpointAddr::new(inviter), |a, ip| {
                 a.with_ip_addr(*ip)
             });
-        net.runtime.spawn(sync::dial_forever(hub, addr));
+        let _runtime = net.runtime.enter();
+        hub.ensure_dialing(addr);
+        let secret = ticket.secret_bytes();
+        net.runtime.spawn(gossip::join(
+            hub,
+            ticket.project.clone(),
+            secret,
+            vec![inviter],
+        ));
     }
     Ok(json!({ "project": ticket.project, "name": p.name(), "inviter": ticket.inviter }))
 }
