@@ -48,15 +48,7 @@ fn an_empty_file_is_rejected() {
 #[test]
 fn random_bytes_are_rejected() {
     // A fixed xorshift stream: "random", but the same every run.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let bytes: Vec<u8> = (0..100_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = meshstudio_node::wire::garbage(&mut 0x9e37_79b9_7f4a_7c15, 100_000);
     let (_d, p) = file_with("noise.wav", &bytes);
     assert_rejected(&p, "not an audio file");
 }

@@ -165,14 +165,7 @@ mod tests {
     fn garbage_never_panics() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for len in 0..400 {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let bytes = crate::net::wire::garbage(&mut x, len);
             let _ = decode(&bytes, "p1");
         }
     }

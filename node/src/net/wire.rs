@@ -145,6 +145,19 @@ pub fn receive_into(doc: &yrs::Doc, frame: &[u8]) -> bool {
     }
 }
 
+/// `len` bytes of a fixed xorshift stream continuing from `state`: test
+/// input that looks random but is the same every run.
+pub fn garbage(state: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state as u8
+        })
+        .collect()
+}
+
 /// A small document with a map and text, the fuzzer's target.
 pub fn fuzz_doc() -> yrs::Doc {
     use yrs::{Map, Text, Transact};
@@ -214,14 +227,7 @@ mod tests {
     fn garbage_never_panics() {
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for len in 0..300 {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let bytes = garbage(&mut x, len);
             let _ = decode_state_vector(&bytes);
             let _ = decode_update(&bytes);
             let _ = decode_hello(&bytes);
