@@ -13,6 +13,7 @@ pub mod gossip;
 pub mod hub;
 pub mod join;
 pub mod notice;
+pub mod peers;
 pub mod proof;
 pub mod sync;
 pub mod ticket;

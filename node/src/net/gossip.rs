@@ -6,7 +6,6 @@
 //! stem can be fetched. Only members pass the endpoint gate, and a notice
 //! counts only if its signed author is a member of the project.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,12 +13,12 @@ use iroh::{EndpointAddr, EndpointId};
 use iroh_gossip::TopicId;
 use iroh_gossip::api::{Event, GossipReceiver};
 use meshstudio_store::Hash;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_stream::StreamExt;
 
-use super::fetch;
 use super::hub::Hub;
 use super::notice::{self, Body, MAX_NOTICE_ADDRS, Payload};
+use super::{fetch, peers};
 use crate::project::doc::members;
 
 /// Gossip's message limit; notices stay well below it (`MAX_NOTICE_BYTES`).
@@ -35,13 +34,9 @@ pub fn topic(secret: &[u8; 32], project: &str) -> TopicId {
 
 /// Joins `project`'s topic (once), says where we are, and handles notices.
 pub async fn join(hub: Arc<Hub>, project: String, secret: [u8; 32], bootstrap: Vec<EndpointId>) {
-    if hub.topic(&project).is_some() {
+    if let Some(joined) = hub.topic(&project) {
         if !bootstrap.is_empty() {
-            let _ = hub
-                .topic(&project)
-                .expect("checked")
-                .join_peers(bootstrap)
-                .await;
+            let _ = joined.join_peers(bootstrap).await;
         }
         return;
     }
@@ -98,8 +93,12 @@ async fn on_notice(hub: &Arc<Hub>, project: &str, bytes: &[u8]) {
     match payload.body {
         Body::Addrs { addrs } => learned_addrs(hub, author, addrs).await,
         Body::HaveBlob { hash } => {
-            if let Ok(hash) = hash.parse::<Hash>() {
-                hub.add_provider(hash, author);
+            let Ok(hash) = hash.parse::<Hash>() else {
+                return;
+            };
+            hub.add_provider(hash, author);
+            // Re-announcements reach us for stems we hold: nothing to do then.
+            if !hub.blobs.blobs().has(hash).await.unwrap_or(false) {
                 tokio::spawn(fetch::fetch_missing(
                     hub.clone(),
                     project.to_string(),
@@ -123,11 +122,9 @@ async fn is_member(hub: &Arc<Hub>, project: &str, node: &str) -> bool {
 
 /// A member's addresses: used for dialing now, and remembered for restarts.
 async fn learned_addrs(hub: &Arc<Hub>, author: EndpointId, addrs: Vec<SocketAddr>) {
-    let addr = addrs
-        .iter()
-        .fold(EndpointAddr::new(author), |a, ip| a.with_ip_addr(*ip));
+    let addr = peers::addr(author, &addrs);
     hub.book.add_endpoint_info(addr.clone());
-    let record = serde_json::to_vec(&json!({ "addrs": addrs })).expect("json");
+    let record = peers::record(&addrs);
     let id = author.to_string();
     hub.with_ctx(move |ctx| {
         if let Ok(store) = ctx.store() {
@@ -192,8 +189,10 @@ pub async fn announce_stems(hub: &Arc<Hub>, project: &str, again: bool) {
     }
 }
 
-/// Follows the node's change events: local edits are announced, and new
-/// stems (imported or fetched) offered.
+/// Follows the node's local change events: each is announced, and stems
+/// it brought (imports) offered. Applied peer updates (`sync`) are not
+/// announced again: their author did that, and fetched stems are offered by
+/// the fetch itself.
 pub async fn follow_changes(hub: Arc<Hub>) {
     let mut changes = hub.changes.subscribe();
     loop {
@@ -205,9 +204,10 @@ pub async fn follow_changes(hub: Arc<Hub>) {
         let Some(project) = change["project"].as_str() else {
             continue;
         };
-        if change["op"] != "sync" {
-            say(&hub, project, Body::Update).await;
+        if change["op"] == "sync" {
+            continue;
         }
+        say(&hub, project, Body::Update).await;
         announce_stems(&hub, project, false).await;
     }
 }
@@ -226,15 +226,11 @@ pub async fn join_all(hub: &Arc<Hub>) {
                 .filter_map(|row| {
                     let secret = crate::request::existing_secret(ctx, &row.id)?;
                     let p = ctx.doc(&row.id).ok()?;
-                    let others: HashSet<String> =
-                        members(&yrs::Transact::transact(&p.doc), &p.roots)
-                            .into_iter()
-                            .collect();
-                    let ids = others
-                        .iter()
-                        .filter(|m| **m != me)
+                    let others = members(&yrs::Transact::transact(&p.doc), &p.roots)
+                        .into_iter()
+                        .filter(|m| *m != me)
                         .filter_map(|m| m.parse().ok());
-                    Some((row.id, secret, ids.collect()))
+                    Some((row.id, secret, others.collect()))
                 })
                 .collect()
         })

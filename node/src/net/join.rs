@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use iroh::EndpointAddr;
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use serde::{Deserialize, Serialize};
@@ -142,10 +141,7 @@ pub async fn ask(endpoint: &iroh::Endpoint, ticket: &Ticket, me: &str) -> Result
         .inviter
         .parse()
         .map_err(|_| "bad inviter id".to_string())?;
-    let addr = ticket
-        .addrs
-        .iter()
-        .fold(EndpointAddr::new(inviter), |a, ip| a.with_ip_addr(*ip));
+    let addr = super::peers::addr(inviter, &ticket.addrs);
     let conn = endpoint
         .connect(addr, JOIN_ALPN)
         .await

@@ -19,7 +19,7 @@ use crate::net::hub::{Gate, Hub, member_union};
 use crate::net::join::JoinProtocol;
 use crate::net::sync::SyncProtocol;
 use crate::net::{JOIN_ALPN, SYNC_ALPN};
-use crate::net::{blob_gate, gossip};
+use crate::net::{blob_gate, gossip, peers};
 use crate::request::{Context, NetHandle, RequestError};
 
 /// The API's usual address; taken → a free port (several nodes on one machine).
@@ -214,14 +214,7 @@ async fn redial_remembered(hub: &Arc<Hub>) {
         let Ok(id) = id.parse::<iroh::EndpointId>() else {
             continue;
         };
-        let addrs: Vec<SocketAddr> = serde_json::from_slice::<serde_json::Value>(&record)
-            .ok()
-            .and_then(|v| serde_json::from_value(v["addrs"].clone()).ok())
-            .unwrap_or_default();
-        let addr = addrs
-            .iter()
-            .fold(iroh::EndpointAddr::new(id), |a, ip| a.with_ip_addr(*ip));
-        hub.ensure_dialing(addr);
+        hub.ensure_dialing(peers::addr(id, &peers::parse_record(&record)));
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::{Context, ProjectRecord, RequestError, Result, now_ms, project_secret, resolve};
 use crate::net::hub::member_union;
 use crate::net::ticket::Ticket;
-use crate::net::{gossip, join, wire};
+use crate::net::{gossip, join, peers, wire};
 use crate::project::ProjectDoc;
 
 pub fn invite(ctx: &mut Context, project: &str) -> Result<Value> {
@@ -50,14 +50,8 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
     if let Some(hub) = net.hub.upgrade() {
         *hub.members.write().unwrap_or_else(|e| e.into_inner()) = member_union(ctx)?;
         let inviter = ticket.inviter.parse().expect("validated with the ticket");
-        let addr = ticket
-            .addrs
-            .iter()
-            .fold(iroh::EndpointAddr::new(inviter), |a, ip| {
-                a.with_ip_addr(*ip)
-            });
         let _runtime = net.runtime.enter();
-        hub.ensure_dialing(addr);
+        hub.ensure_dialing(peers::addr(inviter, &ticket.addrs));
         let secret = ticket.secret_bytes();
         net.runtime.spawn(gossip::join(
             hub,
@@ -77,7 +71,7 @@ fn store_joined(ctx: &mut Context, ticket: &Ticket, state: &[u8]) -> Result<()> 
         secret: Some(ticket.secret.clone()),
     };
     let record = serde_json::to_vec(&record).expect("json");
-    let peer = serde_json::to_vec(&json!({ "addrs": ticket.addrs })).expect("json");
+    let peer = peers::record(&ticket.addrs);
     ctx.store()?.write(|w| {
         w.put_project(&ticket.project, &record)?;
         w.append_update(&ticket.project, state)?;
