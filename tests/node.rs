@@ -19,6 +19,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Node {
     child: Option<Child>,
     pub data_dir: PathBuf,
+    /// The network namespace it runs in (its API is on that loopback).
+    netns: Option<String>,
 }
 
 impl Node {
@@ -29,10 +31,16 @@ impl Node {
     /// Starts with the endpoint on `bind` (a fixed port survives restarts,
     /// as a peer that remembers the address needs until discovery exists).
     pub fn start_on(data_dir: &Path, bind: &str) -> Node {
-        let child = up_on(data_dir, bind).spawn().unwrap();
+        Node::start_in(data_dir, bind, None)
+    }
+
+    /// Starts inside network namespace `netns` (or the test's own).
+    pub fn start_in(data_dir: &Path, bind: &str, netns: Option<&str>) -> Node {
+        let child = up_on(data_dir, bind, netns).spawn().unwrap();
         let node = Node {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
+            netns: netns.map(str::to_string),
         };
         wait_until(START_TIMEOUT, "the node to answer", || {
             node.info().is_some() && node.answers()
@@ -47,7 +55,7 @@ impl Node {
     }
 
     fn answers(&self) -> bool {
-        meshstudio()
+        meshstudio_in(self.netns.as_deref())
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("status")
@@ -92,11 +100,11 @@ impl Drop for Node {
 }
 
 fn up(data_dir: &Path) -> Command {
-    up_on(data_dir, "127.0.0.1:0")
+    up_on(data_dir, "127.0.0.1:0", None)
 }
 
-fn up_on(data_dir: &Path, bind: &str) -> Command {
-    let mut cmd = meshstudio();
+fn up_on(data_dir: &Path, bind: &str, netns: Option<&str>) -> Command {
+    let mut cmd = meshstudio_in(netns);
     cmd.arg("--data-dir")
         .arg(data_dir)
         .args(["up", "--bind", bind, "--api", "127.0.0.1:0"]);

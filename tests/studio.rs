@@ -13,6 +13,8 @@ pub struct Studio {
     pub dir: tempfile::TempDir,
     /// A running `meshstudio up` for this data dir, when the commands go through it.
     pub node: Option<crate::node::Node>,
+    /// The network namespace the node and the commands run in, if not the test's.
+    pub netns: Option<String>,
 }
 
 impl Studio {
@@ -21,6 +23,7 @@ impl Studio {
         let studio = Studio {
             dir: tempdir(),
             node: None,
+            netns: None,
         };
         studio.ok(&["init", "--site", "Test Site"]);
         studio
@@ -33,8 +36,22 @@ impl Studio {
         studio
     }
 
+    /// The same, in network namespace `ns`, the node's endpoint on `bind`.
+    pub fn with_node_in(ns: &crate::netns::Netns, bind: &str) -> Self {
+        let mut studio = Studio::new();
+        studio.netns = Some(ns.name.clone());
+        studio.start_node(bind);
+        studio
+    }
+
+    /// (Re)starts this studio's node with its endpoint on `bind`.
+    pub fn start_node(&mut self, bind: &str) {
+        let node = crate::node::Node::start_in(self.path(), bind, self.netns.as_deref());
+        self.node = Some(node);
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
-        meshstudio()
+        meshstudio_in(self.netns.as_deref())
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(args)

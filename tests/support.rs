@@ -13,6 +13,17 @@ pub fn meshstudio() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meshstudio"))
 }
 
+/// `meshstudio`, inside network namespace `netns` when one is given.
+pub fn meshstudio_in(netns: Option<&str>) -> Command {
+    let Some(ns) = netns else {
+        return meshstudio();
+    };
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(env!("CARGO_BIN_EXE_meshstudio"));
+    cmd
+}
+
 /// Runs `meshstudio args...` and returns its output, whatever the status.
 pub fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     meshstudio()

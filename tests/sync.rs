@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::netns::{Netns, link};
 use crate::node::Node;
 use crate::studio::Studio;
 use crate::support::*;
@@ -396,15 +397,21 @@ fn sync_wait_returns_once_state_and_stems_are_here() {
     );
 }
 
+/// Where nodes in test namespaces listen: every namespace has its own
+/// ports, so a fixed one is free, and a restart comes back on it.
+const NS_BIND: &str = "0.0.0.0:7000";
+
 #[test]
 fn edits_travel_a_line_through_the_middle_node() {
-    // A — B — C: C joins through B and A never learns C's address from a
-    // ticket; B carries the first edits. (Once gossip has told A and C each
-    // other's addresses they may also connect directly: a strict line needs
-    // separate networks — namespaces, still to do.)
-    let a = Studio::with_node();
-    let mut b = Studio::with_node();
-    let c = Studio::with_node();
+    // A — B — C, each in its own network namespace; B's does not forward,
+    // so A and C can never reach each other, whatever gossip tells them.
+    // B carries everything, even after being offline while both ends edited.
+    let (na, nb, nc) = (Netns::new(), Netns::new(), Netns::new());
+    link(&na, "10.71.1.1/24", &nb, "10.71.1.2/24");
+    link(&nb, "10.71.2.2/24", &nc, "10.71.2.1/24");
+    let a = Studio::with_node_in(&na, NS_BIND);
+    let mut b = Studio::with_node_in(&nb, NS_BIND);
+    let c = Studio::with_node_in(&nc, NS_BIND);
     let p = new_project(&a, "Line");
     b.ok(&["join", &invite(&a, &p)]);
     converged(&a, &b, &p);
@@ -412,12 +419,10 @@ fn edits_travel_a_line_through_the_middle_node() {
     a.ok(&["track", "add", &p, "From A"]);
     c.ok(&["track", "add", &p, "From C"]);
     converged(&a, &c, &p);
-    // C remembers B's address from its ticket: B comes back on the same one.
-    let b_addr = address(&b);
     b.node.take().unwrap().stop();
     a.ok(&["story", "add", &p, "A while B slept"]);
     c.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Front_Right.wav")]);
-    b.node = Some(Node::start_on(b.path(), &b_addr));
+    b.start_node(NS_BIND);
     let mut v = Value::Null;
     wait_until(CONVERGE_TIMEOUT, "all three to converge", || {
         v = a.show(&p);
@@ -427,29 +432,34 @@ fn edits_travel_a_line_through_the_middle_node() {
     assert_eq!(v["stories"].as_array().unwrap().len(), 1);
     a.ok(&["sync", &p, "--wait", "--timeout", "60"]);
     a.ok(&["mixdown", &p, a.path().join("m.wav").to_str().unwrap()]);
+    let c_id = c.ok(&["id"]).trim().to_string();
+    assert!(!connected_to(&a, &c_id), "A reached C directly");
 }
 
 #[test]
 fn three_nodes_partitioned_while_editing_converge_when_healed() {
-    // A hub with two members; the hub goes away (partition), everyone keeps
-    // editing, the hub returns on its address and all three converge. (B
-    // and C may stay connected through gossip-learned addresses meanwhile.)
-    let mut a = Studio::with_node();
-    let b = Studio::with_node();
-    let c = Studio::with_node();
+    // A hub with two members, each in its own namespace with a link to the
+    // hub only; the hub goes away (a real partition: B and C have no path),
+    // everyone keeps editing, the hub returns and all three converge.
+    let (na, nb, nc) = (Netns::new(), Netns::new(), Netns::new());
+    link(&na, "10.72.1.1/24", &nb, "10.72.1.2/24");
+    link(&na, "10.72.2.1/24", &nc, "10.72.2.2/24");
+    let mut a = Studio::with_node_in(&na, NS_BIND);
+    let b = Studio::with_node_in(&nb, NS_BIND);
+    let c = Studio::with_node_in(&nc, NS_BIND);
     let p = new_project(&a, "Split");
     a.ok(&["track", "add", &p, "Shared"]);
     b.ok(&["join", &invite(&a, &p)]);
     c.ok(&["join", &invite(&a, &p)]);
     converged(&b, &c, &p);
-    let a_addr = address(&a);
     a.node.take().unwrap().stop();
     a.ok(&["track", "set", &p, "Shared", "--gain", "-2"]);
     b.ok(&["track", "add", &p, "B only"]);
     b.ok(&["track", "set", &p, "Shared", "--pan", "-0.25"]);
     c.ok(&["track", "add", &p, "C only"]);
     c.ok(&["story", "add", &p, "C during the split"]);
-    a.node = Some(Node::start_on(a.path(), &a_addr));
+    assert!(!track_names(&b.show(&p)).contains(&"C only"), "not split");
+    a.start_node(NS_BIND);
     let mut v = Value::Null;
     wait_until(CONVERGE_TIMEOUT, "all three to converge", || {
         v = a.show(&p);

@@ -9,6 +9,7 @@ mod codec_cli;
 mod codec_errors;
 mod crash;
 mod mixdown;
+mod netns;
 mod node;
 mod studio;
 mod sync;

@@ -1,0 +1,112 @@
+//! Network namespaces the tests make themselves (needs root): each node in
+//! its own namespace, joined by veth pairs created directly inside the
+//! namespaces, so nothing ever touches the host's interfaces. A namespace
+//! without forwarding is a router that routes nothing: A — B — C where A
+//! and C cannot reach each other. Namespaces are deleted on drop (also when
+//! a test fails), and ones left by a killed test run are swept.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+/// Prefix of every namespace these tests create.
+const PREFIX: &str = "mstest";
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+pub struct Netns {
+    pub name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("iproute2");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn next() -> usize {
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        assert!(
+            is_root(),
+            "network-namespace tests need root (CI runs as root)"
+        );
+        sweep_stale();
+        let name = format!("{PREFIX}{}x{}", std::process::id(), next());
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Bytes received on `iface` in this namespace, as the kernel counts them.
+    pub fn rx_bytes(&self, iface: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-s", "-j", "link", "show", "dev", iface])
+            .output()
+            .expect("iproute2");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+        v[0]["stats64"]["rx"]["bytes"]
+            .as_u64()
+            .expect("rx byte counter")
+    }
+
+    /// Runs `tc args...` in this namespace.
+    pub fn tc(&self, args: &[&str]) {
+        let mut all = vec!["netns", "exec", &self.name, "tc"];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A veth pair between `a` and `b` with addresses `a_ip`/`b_ip` (CIDR);
+/// returns the interface name (the same on both sides).
+pub fn link(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) -> String {
+    let iface = format!("veth{}", next());
+    ip(&[
+        "-n", &a.name, "link", "add", &iface, "type", "veth", "peer", "name", &iface, "netns",
+        &b.name,
+    ]);
+    for (ns, addr) in [(a, a_ip), (b, b_ip)] {
+        ip(&["-n", &ns.name, "addr", "add", addr, "dev", &iface]);
+        ip(&["-n", &ns.name, "link", "set", &iface, "up"]);
+    }
+    iface
+}
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("id");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+/// Deletes namespaces of earlier test runs whose process is gone.
+fn sweep_stale() {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let listing = out.map(|o| o.stdout).unwrap_or_default();
+    for line in String::from_utf8_lossy(&listing).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('x').next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
