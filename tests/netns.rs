@@ -47,14 +47,21 @@ impl Netns {
 
     /// Bytes received on `iface` in this namespace, as the kernel counts them.
     pub fn rx_bytes(&self, iface: &str) -> u64 {
+        self.rx(iface, "bytes")
+    }
+
+    /// Packets received on `iface`.
+    pub fn rx_packets(&self, iface: &str) -> u64 {
+        self.rx(iface, "packets")
+    }
+
+    fn rx(&self, iface: &str, counter: &str) -> u64 {
         let out = Command::new("ip")
             .args(["-n", &self.name, "-s", "-j", "link", "show", "dev", iface])
             .output()
             .expect("iproute2");
         let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
-        v[0]["stats64"]["rx"]["bytes"]
-            .as_u64()
-            .expect("rx byte counter")
+        v[0]["stats64"]["rx"][counter].as_u64().expect("rx counter")
     }
 
     /// Runs `tc args...` in this namespace.

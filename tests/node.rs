@@ -345,6 +345,7 @@ fn a_taken_api_port_falls_back_to_a_free_one_and_says_so() {
     let node = Node {
         child: None,
         data_dir: s.path().to_path_buf(),
+        netns: None,
     };
     wait_until(START_TIMEOUT, "the node to answer", || {
         node.info().is_some() && node.answers()
