@@ -124,6 +124,28 @@ fn commands_before_init_say_what_to_do() {
 }
 
 #[test]
+fn the_stem_bitrate_setting_applies_to_imports() {
+    let s = Studio::new();
+    s.ok(&["project", "new", "Rates"]);
+    let noise = format!("{ALSA_SOUNDS}/Noise.wav");
+    let first = s.json(&["import", "Rates", &noise]);
+    assert_eq!(first["imported"][0]["bitrate_kbps"], 96, "mono default");
+    s.ok(&["config", "set", "stem-bitrate", "64"]);
+    let second = s.json(&["import", "Rates", &noise]);
+    assert_eq!(second["imported"][0]["bitrate_kbps"], 64);
+    assert_ne!(first["imported"][0]["blob"], second["imported"][0]["blob"]);
+    let err = s.fails(&["config", "set", "stem-bitrate", "9000"]);
+    assert!(
+        err.contains("stem-bitrate") && err.contains("32..=512"),
+        "{err}"
+    );
+    s.fails(&["config", "set", "stem-bitrate", "fast"]);
+    // A refused value leaves the last good one.
+    let third = s.json(&["import", "Rates", &noise]);
+    assert_eq!(third["imported"][0]["bitrate_kbps"], 64);
+}
+
+#[test]
 fn build_a_song_offline() {
     build_a_song_offline_with(&Studio::new());
 }

@@ -27,6 +27,21 @@ pub const PACKETS_PER_OGG_PAGE: u32 = 50;
 /// Bitrate range the CLI accepts, in kbit/s.
 pub const MIN_BITRATE_KBPS: u32 = 32;
 pub const MAX_BITRATE_KBPS: u32 = 512;
+
+/// Parses a bitrate in kbit/s and checks it against the accepted range.
+pub fn parse_bitrate_kbps(s: &str) -> Result<u32, String> {
+    let kbps: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of kbit/s"))?;
+    if (MIN_BITRATE_KBPS..=MAX_BITRATE_KBPS).contains(&kbps) {
+        Ok(kbps)
+    } else {
+        Err(format!(
+            "{kbps} is outside {MIN_BITRATE_KBPS}..={MAX_BITRATE_KBPS} kbit/s"
+        ))
+    }
+}
 /// Frames handed from stage to stage in the streaming pipeline.
 pub const BLOCK_FRAMES: usize = 4096;
 

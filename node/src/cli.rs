@@ -220,7 +220,9 @@ struct MixdownArgs {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCmd {
-    /// Set KEY to VALUE.
+    /// Set KEY to VALUE. Keys: author (who is at the laptop), site (this
+    /// studio's name), stem-bitrate (kbit/s of imported stems, 32–512;
+    /// default 128 stereo / 96 mono).
     Set { key: String, value: String },
 }
 
@@ -233,7 +235,7 @@ struct EncodeArgs {
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
     /// Target bitrate in kbit/s, 32–512 [default: 128 for stereo, 96 for mono].
-    #[arg(long, value_name = "KBPS", value_parser = bitrate_kbps)]
+    #[arg(long, value_name = "KBPS", value_parser = meshstudio_codec::limits::parse_bitrate_kbps)]
     bitrate: Option<u32>,
     /// Files encoded at once with --out-dir [default: number of cores].
     #[arg(long, short, value_name = "N")]
@@ -274,20 +276,6 @@ struct ProbeArgs {
     /// Print JSON instead of text; no progress bar.
     #[arg(long)]
     json: bool,
-}
-
-fn bitrate_kbps(s: &str) -> Result<u32, String> {
-    use meshstudio_codec::limits::{MAX_BITRATE_KBPS, MIN_BITRATE_KBPS};
-    let kbps: u32 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of kbit/s"))?;
-    if (MIN_BITRATE_KBPS..=MAX_BITRATE_KBPS).contains(&kbps) {
-        Ok(kbps)
-    } else {
-        Err(format!(
-            "{kbps} is outside {MIN_BITRATE_KBPS}..={MAX_BITRATE_KBPS} kbit/s"
-        ))
-    }
 }
 
 impl From<SampleFormat> for crate::request::SampleFormat {

@@ -177,7 +177,9 @@ pub enum RequestError {
 pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 
 /// Settings `config set` accepts.
-const CONFIG_KEYS: &[&str] = &["author", "site"];
+const CONFIG_KEYS: &[&str] = &["author", "site", STEM_BITRATE_KEY];
+/// Setting: the bitrate imports encode stems at (kbit/s).
+pub const STEM_BITRATE_KEY: &str = "stem-bitrate";
 /// Pan is a position between hard left (-1) and hard right (1).
 const PAN_RANGE: std::ops::RangeInclusive<f64> = -1.0..=1.0;
 /// Gains beyond these are typos, not mixes.
@@ -271,6 +273,10 @@ fn config_set(ctx: &mut Context, key: &str, value: &str) -> Result<Value> {
             "unknown setting {key:?}; settings: {}",
             CONFIG_KEYS.join(", ")
         )));
+    }
+    if key == STEM_BITRATE_KEY {
+        meshstudio_codec::limits::parse_bitrate_kbps(value)
+            .map_err(|e| RequestError::Invalid(format!("{key}: {e}")))?;
     }
     ctx.store()?.write(|w| w.set_setting(key, value))?;
     Ok(json!({ "key": key, "value": value }))

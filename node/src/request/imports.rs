@@ -54,6 +54,7 @@ pub fn import(
             "start": start,
             "length": stem.report.frames,
             "channels": stem.report.channels,
+            "bitrate_kbps": stem.report.settings.bitrate_kbps,
         }));
         if track.is_some() {
             start += stem.report.frames as i64; // files on one track play one after another
@@ -83,7 +84,12 @@ fn encode_to_blob(ctx: &mut Context, file: &Path, progress: &dyn Observer) -> Re
             .try_clone()
             .map_err(|e| fail(e.to_string()))?,
     );
-    let (mut out, report) = encode_opus(reader, out, None, progress).map_err(|e| match e {
+    // Checked when set; a stored value that no longer parses means the default.
+    let bitrate = ctx
+        .store()?
+        .setting(super::STEM_BITRATE_KEY)?
+        .and_then(|v| meshstudio_codec::limits::parse_bitrate_kbps(&v).ok());
+    let (mut out, report) = encode_opus(reader, out, bitrate, progress).map_err(|e| match e {
         CodecError::Cancelled => RequestError::Cancelled,
         other => fail(other.to_string()),
     })?;
