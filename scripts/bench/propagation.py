@@ -9,59 +9,19 @@ clocks cover the clocks A reported for it. Latency = from sending the edit
 request to the last node applying it. Prints p50/p99/max. Goal: p99 <= 100 ms.
 """
 
-import http.client
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+from meshnodes import Mesh, connect, headers
 
 NODES = 5
 EDITS = int(os.environ.get("EDITS", "1000"))
 INTERVAL = float(os.environ.get("INTERVAL", "0.02"))
 SYNC_TIMEOUT = "120"
-
-
-def cli(binary, data_dir, *args):
-    out = subprocess.run(
-        [binary, "--data-dir", data_dir, *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout
-
-
-def start(binary, data_dir):
-    log = open(os.path.join(data_dir, "up.log"), "w")
-    proc = subprocess.Popen(
-        [binary, "--data-dir", data_dir, "up", "--bind", "127.0.0.1:0", "--api", "127.0.0.1:0"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    info = os.path.join(data_dir, "node.json")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if os.path.exists(info):
-            try:
-                with open(info) as f:
-                    return proc, json.load(f)
-            except ValueError:
-                pass
-        time.sleep(0.05)
-    raise SystemExit(f"node in {data_dir} did not start")
-
-
-def connect(info):
-    host, port = info["api"].rsplit(":", 1)
-    return http.client.HTTPConnection(host, int(port), timeout=60)
-
-
-def headers(info):
-    return {"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"}
 
 
 class Watcher(threading.Thread):
@@ -116,23 +76,13 @@ def percentile(values, p):
 
 
 def main():
-    binary = sys.argv[1]
-    work = tempfile.mkdtemp(prefix="meshstudio-propagation.", dir="/var/tmp")
-    dirs = [os.path.join(work, chr(ord("a") + i)) for i in range(NODES)]
-    procs, infos = [], []
-    try:
-        for d in dirs:
-            os.makedirs(d)
-            proc, info = start(binary, d)
-            procs.append(proc)
-            infos.append(info)
-        project = json.loads(cli(binary, dirs[0], "project", "new", "Bench", "--json"))["id"]
-        ticket = cli(binary, dirs[0], "invite", project).strip().splitlines()[-1]
+    with Mesh(sys.argv[1], "propagation") as mesh:
+        nodes = [mesh.start(chr(ord("a") + i)) for i in range(NODES)]
+        dirs = [d for d, _ in nodes]
+        project = mesh.share(dirs[0], "Bench", dirs[1:])
         for d in dirs[1:]:
-            cli(binary, d, "join", ticket)
-        for d in dirs[1:]:
-            cli(binary, d, "sync", project, "--wait", "--timeout", SYNC_TIMEOUT)
-        watchers = [Watcher(info, project) for info in infos]
+            mesh.cli(d, "sync", project, "--wait", "--timeout", SYNC_TIMEOUT)
+        watchers = [Watcher(info, project) for _, info in nodes]
         for w in watchers:
             w.start()
             w.ready.wait(10)
@@ -140,21 +90,12 @@ def main():
         sent = []
         for i in range(EDITS):
             t0 = time.perf_counter()
-            edit(infos[0], project, i)
+            edit(nodes[0][1], project, i)
             sent.append(t0)
             pause = INTERVAL - (time.perf_counter() - t0)
             if pause > 0:
                 time.sleep(pause)
         latencies = measure(watchers, sent)
-    finally:
-        for p in procs:
-            p.send_signal(2)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        subprocess.run(["rm", "-rf", work])
     report(latencies)
 
 

@@ -6,8 +6,10 @@
 //! stem can be fetched. Only members pass the endpoint gate, and a notice
 //! counts only if its signed author is a member of the project.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use iroh::{EndpointAddr, EndpointId};
 use iroh_gossip::TopicId;
@@ -23,6 +25,10 @@ use crate::project::doc::members;
 
 /// Gossip's message limit; notices stay well below it (`MAX_NOTICE_BYTES`).
 pub const GOSSIP_MAX_MESSAGE_BYTES: usize = 4096;
+/// Least time between two "update" notices for one project.
+const UPDATE_NOTICE_EVERY: Duration = Duration::from_secs(2);
+/// Request ops that can make a project reference stems it did not before.
+const STEM_OPS: &[&str] = &["import", "undo", "redo"];
 
 /// The topic of a project: only those who know its secret can derive it.
 pub fn topic(secret: &[u8; 32], project: &str) -> TopicId {
@@ -189,12 +195,15 @@ pub async fn announce_stems(hub: &Arc<Hub>, project: &str, again: bool) {
     }
 }
 
-/// Follows the node's local change events: each is announced, and stems
-/// it brought (imports) offered. Applied peer updates (`sync`) are not
-/// announced again: their author did that, and fetched stems are offered by
-/// the fetch itself.
+/// Follows the node's local change events: they are announced (at most
+/// every [`UPDATE_NOTICE_EVERY`] per project: the notice only says "dial
+/// me", connected members get every edit through sync anyway), and stems
+/// an import, undo or redo brought are offered. Applied peer updates
+/// (`sync`) are not announced again: their author did that, and fetched
+/// stems are offered by the fetch itself.
 pub async fn follow_changes(hub: Arc<Hub>) {
     let mut changes = hub.changes.subscribe();
+    let mut last_notice: HashMap<String, Instant> = HashMap::new();
     loop {
         let change: Value = match changes.recv().await {
             Ok(c) => c,
@@ -207,8 +216,16 @@ pub async fn follow_changes(hub: Arc<Hub>) {
         if change["op"] == "sync" {
             continue;
         }
-        say(&hub, project, Body::Update).await;
-        announce_stems(&hub, project, false).await;
+        let due = last_notice
+            .get(project)
+            .is_none_or(|t| t.elapsed() >= UPDATE_NOTICE_EVERY);
+        if due {
+            last_notice.insert(project.to_string(), Instant::now());
+            say(&hub, project, Body::Update).await;
+        }
+        if STEM_OPS.contains(&change["op"].as_str().unwrap_or_default()) {
+            announce_stems(&hub, project, false).await;
+        }
     }
 }
 
