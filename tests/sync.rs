@@ -188,9 +188,8 @@ fn stems_follow_the_state_and_mix_identically() {
     });
 }
 
-/// From this test process, with `key` as identity: fetch `hash` from the
-/// node `id` at `addr` over iroh-blobs. Ok only if the blob arrived whole.
-fn fetch_as(key: [u8; 32], id: &str, addr: std::net::SocketAddr, hash: &str) -> Result<(), String> {
+/// Runs `f` with an endpoint of this test process whose identity is `key`.
+fn as_node<T>(key: [u8; 32], f: impl AsyncFnOnce(&iroh::Endpoint) -> T) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -204,6 +203,36 @@ fn fetch_as(key: [u8; 32], id: &str, addr: std::net::SocketAddr, hash: &str) -> 
             .bind()
             .await
             .unwrap();
+        let out = f(&ep).await;
+        ep.close().await;
+        out
+    })
+}
+
+/// A refused connection is closed right after its handshake; a member's
+/// stays open past this.
+const REFUSAL_WAIT: Duration = Duration::from_secs(3);
+
+/// With `key` as identity, connects to node `id` at `addr` on `alpn`;
+/// `true` if the node closed the connection as "not a member" (403).
+fn refused_as(key: [u8; 32], id: &str, addr: std::net::SocketAddr, alpn: &[u8]) -> bool {
+    as_node(key, async |ep| {
+        let target = iroh::EndpointAddr::new(id.parse().unwrap()).with_ip_addr(addr);
+        let Ok(conn) = ep.connect(target, alpn).await else {
+            return false;
+        };
+        let closed = tokio::time::timeout(REFUSAL_WAIT, conn.closed()).await;
+        matches!(
+            closed,
+            Ok(iroh::endpoint::ConnectionError::ApplicationClosed(c)) if c.error_code == 403u32.into()
+        )
+    })
+}
+
+/// From this test process, with `key` as identity: fetch `hash` from the
+/// node `id` at `addr` over iroh-blobs. Ok only if the blob arrived whole.
+fn fetch_as(key: [u8; 32], id: &str, addr: std::net::SocketAddr, hash: &str) -> Result<(), String> {
+    as_node(key, async |ep| {
         let store = iroh_blobs::store::mem::MemStore::new();
         let target = iroh::EndpointAddr::new(id.parse().unwrap()).with_ip_addr(addr);
         let hash: iroh_blobs::Hash = hash.parse().unwrap();
@@ -217,7 +246,6 @@ fn fetch_as(key: [u8; 32], id: &str, addr: std::net::SocketAddr, hash: &str) -> 
             Err(e) => Err(e.to_string()),
         };
         let got = store.blobs().has(hash).await.unwrap_or(false);
-        ep.close().await;
         match (got, result) {
             (true, _) => Ok(()),
             (false, Err(e)) => Err(e),
@@ -259,6 +287,18 @@ fn a_member_of_one_project_gets_no_stems_of_another_and_strangers_get_nothing() 
     assert!(
         fetch_as(stranger, a_id, a_addr, &hx).is_err(),
         "a stranger gets nothing"
+    );
+    // Nor a sync session or a seat on any gossip topic: the connection is
+    // closed as "not a member" right after the handshake.
+    for alpn in [&b"meshstudio/sync/1"[..], iroh_gossip::ALPN] {
+        assert!(
+            refused_as(stranger, a_id, a_addr, alpn),
+            "{alpn:?} open to a stranger"
+        );
+    }
+    assert!(
+        !refused_as(b_key, a_id, a_addr, b"meshstudio/sync/1"),
+        "B is a member"
     );
     assert!(
         b.fails(&["project", "show", &y]).contains("no project"),

@@ -1,0 +1,96 @@
+"""Bulk stem transfer between two nodes on loopback against curl.
+
+Started by scripts/bench/blobs (which builds the release binary). Node A
+imports ~SIZE_MB of stems (pink noise at 512 kbit/s); B joins and waits
+until every stem is here (`sync --wait`): ours = bytes / that time. In the
+same run `python3 -m http.server` serves the very same stem files and curl
+downloads them to disk: curl = bytes / its time. Prints both and the ratio
+(goal: ours >= 0.8x curl's throughput).
+"""
+
+import glob
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from meshnodes import Mesh
+
+SIZE_MB = float(os.environ.get("SIZE_MB", "200"))
+FILES = 4
+# Pink noise encodes at about the target rate; a little extra makes sure.
+BITRATE_KBPS = 512
+
+
+def make_stems(mesh, a, project):
+    seconds = math.ceil(SIZE_MB * 1e6 * 8 / (BITRATE_KBPS * 1000) / FILES * 1.1)
+    wavs = []
+    for i in range(FILES):
+        wav = os.path.join(mesh.work, f"noise{i}.wav")
+        subprocess.run(["sox", "-R", "-n", "-r", "48000", "-c", "2", wav, "synth", str(seconds + i), "pinknoise"],
+                       check=True)
+        wavs.append(wav)
+    mesh.cli(a, "config", "set", "stem-bitrate", str(BITRATE_KBPS))
+    mesh.cli(a, "import", project, *wavs)
+    for wav in wavs:
+        os.remove(wav)
+    files = glob.glob(os.path.join(a, "blobs", "data", "*.data"))
+    return files, sum(os.path.getsize(f) for f in files)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def curl_time(files, out_dir):
+    """Seconds curl takes to fetch `files` from python's http.server."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+         "--directory", os.path.dirname(files[0])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        os.makedirs(out_dir)
+        t0 = time.perf_counter()
+        for f in files:
+            name = os.path.basename(f)
+            subprocess.run(["curl", "-sf", "-o", os.path.join(out_dir, name), f"http://127.0.0.1:{port}/{name}"],
+                           check=True)
+        return time.perf_counter() - t0
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main():
+    with Mesh(sys.argv[1], "blobs") as mesh:
+        a, _ = mesh.start("a")
+        b, _ = mesh.start("b")
+        project = mesh.share(a, "Bulk", [])
+        files, total = make_stems(mesh, a, project)
+        print(f"{len(files)} stems, {total / 1e6:.1f} MB; B joins and fetches them ...")
+        ticket = mesh.cli(a, "invite", project).strip().splitlines()[-1]
+        t0 = time.perf_counter()
+        mesh.cli(b, "join", ticket)
+        mesh.cli(b, "sync", project, "--wait", "--timeout", "900")
+        ours = time.perf_counter() - t0
+        curl = curl_time(files, os.path.join(mesh.work, "curl"))
+    ours_mbs, curl_mbs = total / ours / 1e6, total / curl / 1e6
+    print(f"meshstudio {ours:.2f} s ({ours_mbs:.0f} MB/s), curl from http.server {curl:.2f} s ({curl_mbs:.0f} MB/s): "
+          f"{ours_mbs / curl_mbs:.2f}x curl's throughput (goal >= 0.8x)")
+
+
+if __name__ == "__main__":
+    main()
