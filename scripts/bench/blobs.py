@@ -26,7 +26,7 @@ BITRATE_KBPS = 512
 
 
 def make_stems(mesh, a, project):
-    seconds = math.ceil(SIZE_MB * 1e6 * 8 / (BITRATE_KBPS * 1000) / FILES * 1.1)
+    seconds = math.ceil(SIZE_MB * 1e6 * 8 / (BITRATE_KBPS * 1000) / FILES * 1.15)
     wavs = []
     for i in range(FILES):
         wav = os.path.join(mesh.work, f"noise{i}.wav")

@@ -26,38 +26,42 @@ pub fn referenced(ctx: &mut crate::request::Context, project: &str) -> Vec<Hash>
     hashes.into_iter().collect()
 }
 
-/// Downloads what `project` needs from `peer`.
+/// Stems downloaded at once: enough to keep both ends' cores busy on a
+/// fast link (one QUIC stream each, one connection per provider).
+const FETCHES_AT_ONCE: usize = 4;
+
+/// Downloads what `project` needs, asking `peer` first.
 pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
     let p = project.clone();
     let wanted = hub.with_ctx(move |ctx| referenced(ctx, &p)).await;
+    let mut running = tokio::task::JoinSet::new();
     let mut got = false;
     for hash in wanted {
-        if hub.blobs.blobs().has(hash).await.unwrap_or(false) {
-            continue;
+        if hub.blobs.blobs().has(hash).await.unwrap_or(false) || !hub.start_fetch(hash) {
+            continue; // here already, or another session is fetching it
         }
-        if !hub
-            .fetching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(hash)
-        {
-            continue; // another session is already fetching it
+        while running.len() >= FETCHES_AT_ONCE {
+            got |= running
+                .join_next()
+                .await
+                .is_some_and(|r| r.unwrap_or(false));
         }
         let providers = hub.providers(&project, hash, peer);
-        let result = fetch_one(&hub, hash, providers).await;
-        hub.fetching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&hash);
-        match result {
-            Ok(()) => {
-                tracing::info!(hash = %hash.fmt_short(), "stem received");
-                got = true;
+        let hub = hub.clone();
+        running.spawn(async move {
+            let result = fetch_one(&hub, hash, providers).await;
+            hub.end_fetch(hash, result.is_ok());
+            match &result {
+                Ok(()) => tracing::info!(hash = %hash.fmt_short(), "stem received"),
+                Err(e) => {
+                    tracing::warn!(%peer, hash = %hash.fmt_short(), error = %e, "stem fetch failed")
+                }
             }
-            Err(e) => {
-                tracing::warn!(%peer, hash = %hash.fmt_short(), error = %e, "stem fetch failed")
-            }
-        }
+            result.is_ok()
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        got |= done.unwrap_or(false);
     }
     if got {
         // Others may fetch them from here now (store-and-forward).
@@ -69,8 +73,7 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
 /// is already here (verified), so a peer serving bad data costs only the
 /// chunk that failed verification.
 async fn fetch_one(hub: &Hub, hash: Hash, providers: Vec<EndpointId>) -> Result<(), String> {
-    let downloader = hub.blobs.downloader(&hub.endpoint);
-    downloader
+    hub.downloader
         .download(hash, providers)
         .await
         .map_err(|e| e.to_string())?;

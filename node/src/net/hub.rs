@@ -31,6 +31,10 @@ pub struct Hub {
     pub blobs: iroh_blobs::api::Store,
     /// Stems being downloaded now, so two sessions never fetch one twice.
     pub fetching: Mutex<HashSet<meshstudio_store::Hash>>,
+    /// Signalled whenever a stem has arrived (for `sync --wait`).
+    pub stem_arrived: tokio::sync::Notify,
+    /// One downloader (and its connection pool) for every fetch.
+    pub downloader: iroh_blobs::api::downloader::Downloader,
     /// Live sync connections by peer id, for `status`.
     pub connections: Mutex<HashMap<String, Connection>>,
     /// Catch-up state of every live (project, peer) session, for `sync --wait`.
@@ -135,6 +139,20 @@ impl Hub {
             .collect();
         out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         out
+    }
+
+    /// Claims `hash` for downloading; `false` if a fetch already runs.
+    pub fn start_fetch(&self, hash: meshstudio_store::Hash) -> bool {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        fetching.insert(hash)
+    }
+
+    pub fn end_fetch(&self, hash: meshstudio_store::Hash, arrived: bool) {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        fetching.remove(&hash);
+        if arrived {
+            self.stem_arrived.notify_waiters();
+        }
     }
 
     fn net_state(&self) -> std::sync::MutexGuard<'_, NetState> {

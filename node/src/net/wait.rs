@@ -48,6 +48,8 @@ pub async fn synced(
                 format!("timed out: {have} of {} stems are here", wanted.len())
             });
         }
-        tokio::time::sleep(POLL).await;
+        // A stem arriving is worth a look at once; other progress (a
+        // session catching up) shows at the next poll.
+        let _ = tokio::time::timeout(POLL, hub.stem_arrived.notified()).await;
     }
 }

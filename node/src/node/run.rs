@@ -123,6 +123,8 @@ async fn serve(
         net: Mutex::new(Default::default()),
         blobs: blobs.clone(),
         fetching: Mutex::new(Default::default()),
+        stem_arrived: Default::default(),
+        downloader: blobs.downloader(&endpoint),
         connections: Mutex::new(Default::default()),
         sessions: Mutex::new(Default::default()),
         ctx: ctx.clone(),
