@@ -570,12 +570,18 @@ fn an_interrupted_stem_download_resumes_and_nothing_comes_twice() {
     wait_until(CONVERGE_TIMEOUT, "40 % of the stems to arrive", || {
         received() >= total * 2 / 5
     });
+    let status: Value = serde_json::from_str(&c.ok(&["status", "--json"])).unwrap();
+    let sync = &status["sync"][0];
+    assert!(sync["missing"].as_u64().unwrap() >= 1, "{sync}");
+    let to_go = sync["bytes_to_go"].as_u64().unwrap();
+    assert!(to_go > 0 && to_go < total, "{to_go} of {total} bytes to go");
     c.node.take().unwrap().crash();
     let at_kill = received();
     assert!(at_kill < total * 9 / 10, "the download was not interrupted");
     c.start_node(NS_BIND);
     c.ok(&["sync", &p, "--wait", "--timeout", "120"]);
     assert_eq!(stem_file_bytes(&c), total);
+    assert!(c.ok(&["status"]).contains("all 4 stems here"));
     let ratio = received() as f64 / total as f64;
     let packets = nc.rx_packets(&iface) - packets;
     eprintln!(

@@ -249,7 +249,33 @@ pub fn status(data_dir: &Path, json: bool) -> Result<(), Failure> {
             p["address"].as_str().unwrap_or("?"),
         );
     }
+    for p in v["sync"].as_array().into_iter().flatten() {
+        println!(
+            "  project {}: {}",
+            p["name"].as_str().unwrap_or("?"),
+            sync_line(p)
+        );
+    }
     Ok(())
+}
+
+/// One project's stem transfer state, for people.
+fn sync_line(p: &Value) -> String {
+    let (stems, missing) = (
+        p["stems"].as_u64().unwrap_or(0),
+        p["missing"].as_u64().unwrap_or(0),
+    );
+    if missing == 0 {
+        return format!("all {stems} stems here");
+    }
+    let mb = |b: f64| b / 1e6;
+    let to_go = mb(p["bytes_to_go"].as_f64().unwrap_or(0.0));
+    let rate = mb(p["rate_bytes_per_s"].as_f64().unwrap_or(0.0));
+    let eta = p["eta_seconds"].as_f64().map_or_else(
+        || "waiting for a provider".into(),
+        |s| format!("about {s:.0} s left"),
+    );
+    format!("{missing} of {stems} stems missing, {to_go:.1} MB to go at {rate:.1} MB/s, {eta}")
 }
 
 /// Which human rendering a reply gets.

@@ -8,9 +8,69 @@ use std::sync::Arc;
 
 use iroh::EndpointId;
 use meshstudio_store::{Hash, keep_stem};
+use tokio_stream::StreamExt;
 
 use super::hub::Hub;
 use crate::project::ProjectView;
+
+/// A project's stems: hash and size (when the importer recorded it).
+pub struct ProjectStems {
+    pub id: String,
+    pub name: String,
+    pub stems: Vec<(Hash, Option<u64>)>,
+}
+
+/// Every project's stems, for the status report.
+pub fn all_stems(ctx: &mut crate::request::Context) -> Vec<ProjectStems> {
+    let rows = ctx.store().and_then(|s| Ok(s.projects()?));
+    let mut out = Vec::new();
+    for row in rows.unwrap_or_default() {
+        let Ok(p) = ctx.doc(&row.id) else { continue };
+        let view = ProjectView::of(&p);
+        let mut stems: Vec<(Hash, Option<u64>)> = view
+            .tracks
+            .iter()
+            .flat_map(|t| &t.clips)
+            .filter_map(|c| Some((c.blob.parse().ok()?, c.blob_bytes.map(|b| b as u64))))
+            .collect();
+        stems.sort_by_key(|(h, _)| *h);
+        stems.dedup_by_key(|(h, _)| *h);
+        out.push(ProjectStems {
+            id: row.id,
+            name: view.name,
+            stems,
+        });
+    }
+    out
+}
+
+/// What each project still lacks: stems missing, bytes to go (of the stems
+/// whose size is known), the node's receive rate and the time left at it.
+pub async fn sync_report(hub: &Hub, projects: Vec<ProjectStems>) -> Vec<serde_json::Value> {
+    let rate = hub.receive_rate();
+    let mut out = Vec::new();
+    for p in projects {
+        let (mut missing, mut to_go) = (0u64, 0u64);
+        for (hash, bytes) in &p.stems {
+            if hub.blobs.blobs().has(*hash).await.unwrap_or(false) {
+                continue;
+            }
+            missing += 1;
+            to_go += bytes.unwrap_or(0).saturating_sub(hub.partial_bytes(*hash));
+        }
+        let eta = (to_go > 0 && rate >= 1.0).then(|| (to_go as f64 / rate).ceil());
+        out.push(serde_json::json!({
+            "project": p.id,
+            "name": p.name,
+            "stems": p.stems.len(),
+            "missing": missing,
+            "bytes_to_go": to_go,
+            "rate_bytes_per_s": rate.round(),
+            "eta_seconds": eta,
+        }));
+    }
+    out
+}
 
 /// Blobs `project` references, as far as they parse.
 pub fn referenced(ctx: &mut crate::request::Context, project: &str) -> Vec<Hash> {
@@ -73,9 +133,24 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
 /// is already here (verified), so a peer serving bad data costs only the
 /// chunk that failed verification.
 async fn fetch_one(hub: &Hub, hash: Hash, providers: Vec<EndpointId>) -> Result<(), String> {
-    hub.downloader
-        .download(hash, providers)
-        .await
-        .map_err(|e| e.to_string())?;
+    use iroh_blobs::api::downloader::DownloadProgressItem as Item;
+    let download = hub.downloader.download(hash, providers);
+    let mut items = download.stream().await.map_err(|e| e.to_string())?;
+    // Progress is the bytes present; each provider's first report includes
+    // what was here before it, which is not newly received.
+    let mut last: Option<u64> = None;
+    while let Some(item) = items.next().await {
+        match item {
+            Item::TryProvider { .. } => last = None,
+            Item::Progress(present) => {
+                let new = last.map_or(0, |l| present.saturating_sub(l));
+                hub.fetch_progress(hash, present, new);
+                last = Some(present);
+            }
+            Item::Error(e) => return Err(e.to_string()),
+            Item::DownloadError => return Err("no provider could send it".into()),
+            Item::ProviderFailed { .. } | Item::PartComplete { .. } => {}
+        }
+    }
     keep_stem(&hub.blobs, hash).await.map_err(|e| e.to_string())
 }

@@ -35,6 +35,8 @@ pub struct Hub {
     pub stem_arrived: tokio::sync::Notify,
     /// One downloader (and its connection pool) for every fetch.
     pub downloader: iroh_blobs::api::downloader::Downloader,
+    /// Stem bytes received since the node started.
+    pub received: std::sync::atomic::AtomicU64,
     /// Live sync connections by peer id, for `status`.
     pub connections: Mutex<HashMap<String, Connection>>,
     /// Catch-up state of every live (project, peer) session, for `sync --wait`.
@@ -54,7 +56,18 @@ pub struct NetState {
     /// Members that said they hold a stem, newest first.
     providers: HashMap<meshstudio_store::Hash, Vec<EndpointId>>,
     announced: HashSet<(String, meshstudio_store::Hash)>,
+    /// Bytes already here of each stem being fetched.
+    partial: HashMap<meshstudio_store::Hash, u64>,
+    /// Stem bytes received per second, smoothed.
+    rate: f64,
+    /// `received` at the last rate tick.
+    received_at_tick: u64,
 }
+
+/// How often the receive rate is measured, and how much each measurement
+/// weighs against the ones before (exponential smoothing).
+pub const RATE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+const RATE_WEIGHT: f64 = 0.3;
 
 /// Most providers remembered per stem.
 const MAX_PROVIDERS: usize = 8;
@@ -147,7 +160,38 @@ impl Hub {
         fetching.insert(hash)
     }
 
+    /// A fetch of `hash` now has `present` bytes, `new` of them just received.
+    pub fn fetch_progress(&self, hash: meshstudio_store::Hash, present: u64, new: u64) {
+        self.received
+            .fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+        self.net_state().partial.insert(hash, present);
+    }
+
+    /// Bytes here of a stem being fetched (0 if none runs).
+    pub fn partial_bytes(&self, hash: meshstudio_store::Hash) -> u64 {
+        self.net_state().partial.get(&hash).copied().unwrap_or(0)
+    }
+
+    /// Stem bytes received per second lately.
+    pub fn receive_rate(&self) -> f64 {
+        self.net_state().rate
+    }
+
+    /// Measures the receive rate every [`RATE_TICK`], for as long as the node runs.
+    pub async fn measure_rate(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(RATE_TICK);
+        loop {
+            tick.tick().await;
+            let now = self.received.load(std::sync::atomic::Ordering::Relaxed);
+            let mut net = self.net_state();
+            let sample = (now - net.received_at_tick) as f64 / RATE_TICK.as_secs_f64();
+            net.rate += RATE_WEIGHT * (sample - net.rate);
+            net.received_at_tick = now;
+        }
+    }
+
     pub fn end_fetch(&self, hash: meshstudio_store::Hash, arrived: bool) {
+        self.net_state().partial.remove(&hash);
         let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
         fetching.remove(&hash);
         if arrived {

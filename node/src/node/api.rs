@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::net::fetch::{all_stems, sync_report};
 use crate::request::{Context, Request, RequestError, execute};
 
 /// Progress lines buffered per request; a slow client just sees fewer.
@@ -107,10 +108,13 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn status(State(s): State<Arc<ApiState>>) -> Json<Value> {
-    let projects = s.ctx.try_lock().ok().and_then(|mut ctx| {
-        let store = ctx.store().ok()?;
-        store.projects().ok().map(|p| p.len())
-    });
+    // Not while a request holds the context: status must answer at once.
+    let stems = s.ctx.try_lock().ok().map(|mut ctx| all_stems(&mut ctx));
+    let projects = stems.as_ref().map(Vec::len);
+    let sync = match stems {
+        Some(stems) => Some(sync_report(&s.hub, stems).await),
+        None => None,
+    };
     Json(json!({
         "id": s.id,
         "pid": std::process::id(),
@@ -121,6 +125,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Value> {
         "projects": projects,
         "busy": projects.is_none(),
         "peers": s.hub.peer_report(),
+        "sync": sync,
     }))
 }
 

@@ -125,6 +125,7 @@ async fn serve(
         fetching: Mutex::new(Default::default()),
         stem_arrived: Default::default(),
         downloader: blobs.downloader(&endpoint),
+        received: Default::default(),
         connections: Mutex::new(Default::default()),
         sessions: Mutex::new(Default::default()),
         ctx: ctx.clone(),
@@ -151,6 +152,7 @@ async fn serve(
     redial_remembered(&hub).await;
     gossip::join_all(&hub).await;
     tokio::spawn(gossip::follow_changes(hub.clone()));
+    tokio::spawn(hub.clone().measure_rate());
     let listener = bind_api(opts.api).await?;
     let api = listener.local_addr().map_err(|e| e.to_string())?;
     let id = endpoint.id().to_string();

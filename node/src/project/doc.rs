@@ -53,6 +53,8 @@ pub(crate) mod key {
     pub const SOLO: &str = "solo";
     pub const KIND: &str = "kind";
     pub const BLOB: &str = "blob";
+    /// The stem's size in bytes, so members know how much is still to come.
+    pub const BLOB_BYTES: &str = "blob_bytes";
     pub const START: &str = "start";
     pub const OFFSET: &str = "offset";
     pub const LENGTH: &str = "length";

@@ -42,6 +42,8 @@ pub struct ClipView {
     pub id: String,
     /// BLAKE3 hash (hex) of the Ogg Opus stem.
     pub blob: String,
+    /// The stem's size, when the importer recorded it.
+    pub blob_bytes: Option<i64>,
     pub channels: i64,
     /// Timeline position, first frame used in the stem, and length, in 48 kHz frames.
     pub start: i64,
@@ -160,6 +162,7 @@ fn clip_view<T: ReadTxn>(txn: &T, id: String, m: &MapRef) -> ClipView {
     let int = |k| as_i64(m.get(txn, k)).unwrap_or(0);
     ClipView {
         blob: as_string(m.get(txn, key::BLOB)).unwrap_or_default(),
+        blob_bytes: as_i64(m.get(txn, key::BLOB_BYTES)),
         channels: as_i64(m.get(txn, key::CHANNELS)).unwrap_or(2),
         start: int(key::START),
         offset: int(key::OFFSET),

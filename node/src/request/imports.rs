@@ -22,6 +22,7 @@ const SCRATCH_DIR: &str = "tmp";
 /// One imported file.
 struct Stem {
     hash: Hash,
+    bytes: u64,
     report: EncodeReport,
 }
 
@@ -95,9 +96,18 @@ fn encode_to_blob(ctx: &mut Context, file: &Path, progress: &dyn Observer) -> Re
     })?;
     out.flush().map_err(|e| fail(e.to_string()))?;
     drop(out);
+    let bytes = temp
+        .as_file()
+        .metadata()
+        .map_err(|e| fail(e.to_string()))?
+        .len();
     let hash = ctx.import_blob(temp.path())?;
     drop(temp);
-    Ok(Stem { hash, report })
+    Ok(Stem {
+        hash,
+        bytes,
+        report,
+    })
 }
 
 /// Adds a clip for `stem` to the track named `name` (created if missing
@@ -129,6 +139,7 @@ fn add_clip(
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let fields = Fields::from([
         (key::BLOB.into(), json!(stem.hash.to_hex().to_string())),
+        (key::BLOB_BYTES.into(), json!(stem.bytes)),
         (key::CHANNELS.into(), json!(stem.report.channels)),
         (key::START.into(), json!(start)),
         (key::OFFSET.into(), json!(0)),
