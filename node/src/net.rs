@@ -12,13 +12,12 @@ pub mod frame;
 pub mod gossip;
 pub mod hub;
 pub mod join;
-pub mod notice;
 pub mod peers;
 pub mod proof;
 pub mod sync;
 pub mod ticket;
 pub mod wait;
-pub use meshstudio_node::wire;
+pub use meshstudio_node::{notice, wire};
 
 /// Joining a project with an invite ticket.
 pub const JOIN_ALPN: &[u8] = b"meshstudio/join/1";
