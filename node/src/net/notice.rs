@@ -168,7 +168,10 @@ mod tests {
         let mut count = 0;
         for entry in std::fs::read_dir(dir).expect("the corpus is committed") {
             let data = std::fs::read(entry.expect("readable").path()).expect("readable");
-            assert!(decode(&data, "p1").is_err(), "an unsigned corpus notice passed");
+            assert!(
+                decode(&data, "p1").is_err(),
+                "an unsigned corpus notice passed"
+            );
             count += 1;
         }
         assert!(count >= 3, "corpus at {dir} has only {count} files");
