@@ -3,7 +3,6 @@
 //! BLAKE3-verified, resumed from where a broken transfer stopped (the store
 //! keeps partial data), never fetched twice, tagged so `gc` keeps it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use iroh::EndpointId;
@@ -20,6 +19,19 @@ pub struct ProjectStems {
     pub stems: Vec<(Hash, Option<u64>)>,
 }
 
+/// The stems a project's clips use, each once: hash and recorded size.
+fn stems_of(view: &ProjectView) -> Vec<(Hash, Option<u64>)> {
+    let mut stems: Vec<(Hash, Option<u64>)> = view
+        .tracks
+        .iter()
+        .flat_map(|t| &t.clips)
+        .filter_map(|c| Some((c.blob.parse().ok()?, c.blob_bytes.map(|b| b as u64))))
+        .collect();
+    stems.sort_by_key(|(h, _)| *h);
+    stems.dedup_by_key(|(h, _)| *h);
+    stems
+}
+
 /// Every project's stems, for the status report.
 pub fn all_stems(ctx: &mut crate::request::Context) -> Vec<ProjectStems> {
     let rows = ctx.store().and_then(|s| Ok(s.projects()?));
@@ -27,18 +39,10 @@ pub fn all_stems(ctx: &mut crate::request::Context) -> Vec<ProjectStems> {
     for row in rows.unwrap_or_default() {
         let Ok(p) = ctx.doc(&row.id) else { continue };
         let view = ProjectView::of(&p);
-        let mut stems: Vec<(Hash, Option<u64>)> = view
-            .tracks
-            .iter()
-            .flat_map(|t| &t.clips)
-            .filter_map(|c| Some((c.blob.parse().ok()?, c.blob_bytes.map(|b| b as u64))))
-            .collect();
-        stems.sort_by_key(|(h, _)| *h);
-        stems.dedup_by_key(|(h, _)| *h);
         out.push(ProjectStems {
+            stems: stems_of(&view),
             id: row.id,
             name: view.name,
-            stems,
         });
     }
     out
@@ -77,13 +81,10 @@ pub fn referenced(ctx: &mut crate::request::Context, project: &str) -> Vec<Hash>
     let Ok(p) = ctx.doc(project) else {
         return Vec::new();
     };
-    let view = ProjectView::of(&p);
-    let hashes: HashSet<Hash> = view
-        .tracks
-        .iter()
-        .flat_map(|t| t.clips.iter().filter_map(|c| c.blob.parse().ok()))
-        .collect();
-    hashes.into_iter().collect()
+    stems_of(&ProjectView::of(&p))
+        .into_iter()
+        .map(|(hash, _)| hash)
+        .collect()
 }
 
 /// Stems downloaded at once: enough to keep both ends' cores busy on a

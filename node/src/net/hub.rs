@@ -29,8 +29,6 @@ pub struct Hub {
     pub changes: broadcast::Sender<Value>,
     /// The stem store, served to members and filled from them.
     pub blobs: iroh_blobs::api::Store,
-    /// Stems being downloaded now, so two sessions never fetch one twice.
-    pub fetching: Mutex<HashSet<meshstudio_store::Hash>>,
     /// Signalled whenever a stem has arrived (for `sync --wait`).
     pub stem_arrived: tokio::sync::Notify,
     /// One downloader (and its connection pool) for every fetch.
@@ -56,8 +54,9 @@ pub struct NetState {
     /// Members that said they hold a stem, newest first.
     providers: HashMap<meshstudio_store::Hash, Vec<EndpointId>>,
     announced: HashSet<(String, meshstudio_store::Hash)>,
-    /// Bytes already here of each stem being fetched.
-    partial: HashMap<meshstudio_store::Hash, u64>,
+    /// Stems being downloaded now (so two sessions never fetch one twice),
+    /// with the bytes of each already here.
+    fetching: HashMap<meshstudio_store::Hash, u64>,
     /// Stem bytes received per second, smoothed.
     rate: f64,
     /// `received` at the last rate tick.
@@ -156,20 +155,24 @@ impl Hub {
 
     /// Claims `hash` for downloading; `false` if a fetch already runs.
     pub fn start_fetch(&self, hash: meshstudio_store::Hash) -> bool {
-        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        fetching.insert(hash)
+        let mut net = self.net_state();
+        if net.fetching.contains_key(&hash) {
+            return false;
+        }
+        net.fetching.insert(hash, 0);
+        true
     }
 
     /// A fetch of `hash` now has `present` bytes, `new` of them just received.
     pub fn fetch_progress(&self, hash: meshstudio_store::Hash, present: u64, new: u64) {
         self.received
             .fetch_add(new, std::sync::atomic::Ordering::Relaxed);
-        self.net_state().partial.insert(hash, present);
+        self.net_state().fetching.insert(hash, present);
     }
 
     /// Bytes here of a stem being fetched (0 if none runs).
     pub fn partial_bytes(&self, hash: meshstudio_store::Hash) -> u64 {
-        self.net_state().partial.get(&hash).copied().unwrap_or(0)
+        self.net_state().fetching.get(&hash).copied().unwrap_or(0)
     }
 
     /// Stem bytes received per second lately.
@@ -191,9 +194,7 @@ impl Hub {
     }
 
     pub fn end_fetch(&self, hash: meshstudio_store::Hash, arrived: bool) {
-        self.net_state().partial.remove(&hash);
-        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        fetching.remove(&hash);
+        self.net_state().fetching.remove(&hash);
         if arrived {
             self.stem_arrived.notify_waiters();
         }

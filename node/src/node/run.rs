@@ -122,7 +122,6 @@ async fn serve(
         book,
         net: Mutex::new(Default::default()),
         blobs: blobs.clone(),
-        fetching: Mutex::new(Default::default()),
         stem_arrived: Default::default(),
         downloader: blobs.downloader(&endpoint),
         received: Default::default(),
