@@ -97,7 +97,11 @@ async fn on_notice(hub: &Arc<Hub>, project: &str, bytes: &[u8]) {
         return;
     }
     match payload.body {
-        Body::Addrs { addrs } => learned_addrs(hub, author, addrs).await,
+        // A replayed, older notice must not undo newer addresses.
+        Body::Addrs { addrs } if hub.newer_addrs(author, payload.time_ms) => {
+            learned_addrs(hub, author, addrs).await
+        }
+        Body::Addrs { .. } => {}
         Body::HaveBlob { hash } => {
             let Ok(hash) = hash.parse::<Hash>() else {
                 return;

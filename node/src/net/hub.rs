@@ -51,6 +51,8 @@ pub struct Hub {
 pub struct NetState {
     topics: HashMap<String, GossipSender>,
     dialing: HashSet<EndpointId>,
+    /// Time of the newest address notice heard from each member.
+    addrs_time: HashMap<EndpointId, i64>,
     /// Members that said they hold a stem, newest first.
     providers: HashMap<meshstudio_store::Hash, Vec<EndpointId>>,
     announced: HashSet<(String, meshstudio_store::Hash)>,
@@ -151,6 +153,16 @@ impl Hub {
             .collect();
         out.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         out
+    }
+
+    /// `true` if an address notice from `author` at `time_ms` is the newest
+    /// yet (and remembers it as such).
+    pub fn newer_addrs(&self, author: EndpointId, time_ms: i64) -> bool {
+        let mut net = self.net_state();
+        let newest = net.addrs_time.entry(author).or_insert(i64::MIN);
+        let newer = time_ms > *newest;
+        *newest = (*newest).max(time_ms);
+        newer
     }
 
     /// Claims `hash` for downloading; `false` if a fetch already runs.
