@@ -578,3 +578,33 @@ fn markers_and_comments_are_part_of_the_song() {
 fn json_s(s: &str) -> Value {
     Value::from(s)
 }
+
+/// Needs the sound server `scripts/test` starts (a PulseAudio null sink).
+#[test]
+fn devices_lists_the_sound_servers_default_input_and_output() {
+    let s = Studio::new();
+    let v = s.json(&["devices"]);
+    for side in ["inputs", "outputs"] {
+        let list = v[side].as_array().expect("a list");
+        let default = list
+            .iter()
+            .find(|d| d["default"] == true)
+            .unwrap_or_else(|| panic!("no default among {side}: {v}"));
+        assert_eq!(default["id"], "alsa:default", "{default}");
+        let rates = default["rates"].as_array().unwrap();
+        assert!(rates.contains(&Value::from(48_000)), "{default}");
+        assert!(default["channels"].as_u64().unwrap() >= 2, "{default}");
+        assert!(
+            default["formats"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("f32"))
+        );
+        assert!(
+            default["buffer_frames"]["min"].as_u64().is_some(),
+            "{default}"
+        );
+    }
+    let human = s.ok(&["devices"]);
+    assert!(human.contains("* alsa:default"), "{human}");
+}

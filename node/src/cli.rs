@@ -128,6 +128,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List sound inputs and outputs: id, name, default, sample rates,
+    /// formats, buffer sizes (the node's view when one runs).
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an invite ticket for a project (needs a running node). The ticket
     /// is the last line of output; it holds the project's secret: share it
     /// only with the studio you invite.
@@ -462,6 +468,7 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
             )
         }
         Command::Gc { json } => (R::Gc, json),
+        Command::Devices { json } => (R::Devices, json),
         Command::Marker { cmd, json } => match cmd {
             MarkerCmd::Add {
                 project,

@@ -99,6 +99,8 @@ pub enum Request {
         format: SampleFormat,
     },
     Gc,
+    /// The sound devices (the node's, when one runs: it owns them).
+    Devices,
     MarkerAdd {
         project: String,
         at_seconds: f64,
@@ -140,6 +142,7 @@ impl Request {
         !matches!(
             self,
             Request::Id
+                | Request::Devices
                 | Request::ProjectList
                 | Request::ProjectShow { .. }
                 | Request::Lyrics { set: None, .. }
@@ -242,6 +245,7 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
             format,
         } => bounce::export_tracks(ctx, &project, &dir, format, progress),
         Request::Gc => gc::run(ctx),
+        Request::Devices => crate::audio::devices::list().map_err(RequestError::Invalid),
         Request::MarkerAdd {
             project,
             at_seconds,

@@ -287,7 +287,34 @@ enum Human {
     List,
     Lyrics,
     Invite,
+    Devices,
     Summary,
+}
+
+fn print_devices(v: &Value) {
+    for (title, key) in [("inputs", "inputs"), ("outputs", "outputs")] {
+        println!("{title}:");
+        let list = v[key].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            println!("  none");
+        }
+        for d in list {
+            let mark = if d["default"] == true { "*" } else { " " };
+            let rates: Vec<String> = d["rates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| format!("{}", r.as_u64().unwrap_or(0) / 1000))
+                .collect();
+            println!(
+                "{mark} {}  {}  ({} ch, {} kHz)",
+                d["id"].as_str().unwrap_or("?"),
+                d["name"].as_str().unwrap_or("?"),
+                d["channels"],
+                rates.join("/"),
+            );
+        }
+    }
 }
 
 fn describe(r: &Request) -> Human {
@@ -298,6 +325,7 @@ fn describe(r: &Request) -> Human {
         Request::ProjectList => Human::List,
         Request::Lyrics { .. } => Human::Lyrics,
         Request::Invite { .. } => Human::Invite,
+        Request::Devices => Human::Devices,
         _ => Human::Summary,
     }
 }
@@ -333,6 +361,7 @@ fn print_human(kind: Human, v: &Value) {
             println!("{}", s("ticket"));
         }
         Human::Summary => println!("{v}"),
+        Human::Devices => print_devices(v),
     }
 }
 
