@@ -158,6 +158,22 @@ pub fn garbage(state: &mut u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Feeds every file of the committed fuzz corpus `name` (under
+/// `node/fuzz/corpus/`) to `f`; returns how many there were. For the tests
+/// that replay what the fuzzers kept.
+#[cfg(test)]
+pub(crate) fn replay_corpus(name: &str, mut f: impl FnMut(&[u8])) -> usize {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(name);
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).expect("the corpus is committed") {
+        f(&std::fs::read(entry.expect("readable").path()).expect("readable"));
+        count += 1;
+    }
+    count
+}
+
 /// A small document with a map and text, the fuzzer's target.
 pub fn fuzz_doc() -> yrs::Doc {
     use yrs::{Map, Text, Transact};
@@ -201,14 +217,10 @@ mod tests {
     /// Every input the sync fuzzer kept is handled without a panic.
     #[test]
     fn fuzz_corpus_replays_without_panic() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/sync_frame");
-        let mut count = 0;
-        for entry in std::fs::read_dir(dir).expect("the corpus is committed") {
-            let data = std::fs::read(entry.expect("readable").path()).expect("readable");
-            let _ = receive_into(&fuzz_doc(), &data);
-            count += 1;
-        }
-        assert!(count >= 4, "corpus at {dir} has only {count} files");
+        let count = replay_corpus("sync_frame", |data| {
+            let _ = receive_into(&fuzz_doc(), data);
+        });
+        assert!(count >= 4, "the sync_frame corpus has only {count} files");
     }
 
     /// Found by the fuzzer: an update with a client id ≥ 2^53 trips a yrs
