@@ -14,6 +14,10 @@ const COMMON_RATES: &[u32] = &[
 /// Every usable input and output device, the defaults marked. (ALSA also
 /// names plugins that cannot open here — no configuration at all: left out.)
 pub fn list() -> Result<Value, String> {
+    // Listing opens every ALSA plugin; the ones that cannot open here make
+    // alsa-lib print to stderr. Catch that on this thread and drop it.
+    #[cfg(target_os = "linux")]
+    let _quiet = alsa::Output::local_error_handler();
     let host = cpal::default_host();
     let default_in = host.default_input_device().and_then(|d| d.id().ok());
     let default_out = host.default_output_device().and_then(|d| d.id().ok());
