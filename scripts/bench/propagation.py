@@ -105,24 +105,25 @@ def measure(watchers, sent, timeout=30):
     while True:
         own = [e for e in watchers[0].snapshot() if e[1] == "marker_add"]
         if len(own) == len(sent):
-            latencies = [reach(watchers[1:], sent[i], own[i][2]) for i in range(len(sent))]
-            if all(lat is not None for lat in latencies):
-                return latencies
+            wanted = [clocks for _, _, clocks in own]
+            arrivals = [arrival_times(w.snapshot(), wanted) for w in watchers[1:]]
+            if all(None not in a for a in arrivals):
+                return [max(a[i] for a in arrivals) - sent[i] for i in range(len(sent))]
         if time.time() > deadline:
             missing = len(sent) - len(own)
             raise SystemExit(f"not every node got every edit within {timeout} s ({missing} own events missing)")
         time.sleep(0.2)
 
 
-def reach(others, t0, clocks):
-    """When the last of `others` applied the edit with `clocks`, minus t0."""
-    last = t0
-    for w in others:
-        arrived = next((t for t, _, c in w.snapshot() if covers(c, clocks)), None)
-        if arrived is None:
-            return None
-        last = max(last, arrived)
-    return last - t0
+def arrival_times(events, wanted):
+    """For each clocks in `wanted` (in edit order), when `events` (in arrival
+    order) first covered it, or None. Both only grow, so one pass suffices."""
+    times, j = [], 0
+    for clocks in wanted:
+        while j < len(events) and not covers(events[j][2], clocks):
+            j += 1
+        times.append(events[j][0] if j < len(events) else None)
+    return times
 
 
 def report(latencies):
