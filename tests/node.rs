@@ -184,8 +184,8 @@ fn two_nodes_run_side_by_side() {
     assert_ne!(va["api"], vb["api"]);
 }
 
-/// A raw HTTP/1.1 GET, so the test controls every header.
-fn http_get(api: &str, path: &str, host: &str, token: Option<&str>) -> u16 {
+/// Sends a raw HTTP/1.1 GET, so the test controls every header.
+fn send_get(api: &str, path: &str, host: &str, token: Option<&str>) -> std::net::TcpStream {
     let mut stream = std::net::TcpStream::connect(api).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -195,9 +195,32 @@ fn http_get(api: &str, path: &str, host: &str, token: Option<&str>) -> u16 {
         "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
+    stream
+}
+
+/// A raw GET's status code.
+fn http_get(api: &str, path: &str, host: &str, token: Option<&str>) -> u16 {
+    let mut stream = send_get(api, path, host, token);
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
     reply.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_node_with_a_watcher_on_its_event_stream_still_stops() {
+    // The event stream never ends by itself; the API server waits for open
+    // responses on shutdown, so the node must end the stream when stopping.
+    let s = Studio::new();
+    let node = Node::start(s.path());
+    let info = node.info().unwrap();
+    let api = info["api"].as_str().unwrap();
+    let mut watcher = send_get(api, "/v1/events", api, info["token"].as_str());
+    let mut head = [0u8; 12];
+    watcher.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(node.stop(), Some(0), "Ctrl-C is a clean stop");
+    let mut rest = Vec::new();
+    watcher.read_to_end(&mut rest).unwrap();
 }
 
 #[test]

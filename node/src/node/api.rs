@@ -51,6 +51,9 @@ pub struct ApiState {
     pub addresses: Vec<SocketAddr>,
     pub started: Instant,
     pub shutting_down: Arc<AtomicBool>,
+    /// Turns true when the node stops: long-lived responses (the event
+    /// stream, `sync --wait`) end then, or the server would wait for them.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     pub changes: tokio::sync::broadcast::Sender<Value>,
     pub hub: Arc<crate::net::hub::Hub>,
 }
@@ -136,7 +139,14 @@ async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Re
         timeout_seconds,
     } = req
     {
-        tokio::spawn(sync_wait(s.hub.clone(), project, timeout_seconds, tx));
+        let stopping = s.stopping.subscribe();
+        tokio::spawn(sync_wait(
+            s.hub.clone(),
+            project,
+            timeout_seconds,
+            tx,
+            stopping,
+        ));
         return ndjson(rx);
     }
     let observer = RemoteObserver {
@@ -197,6 +207,7 @@ async fn sync_wait(
     project: String,
     seconds: f64,
     tx: mpsc::Sender<Bytes>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let timeout = std::time::Duration::from_secs_f64(seconds.clamp(0.0, MAX_SYNC_WAIT_SECONDS));
     let progress = |have: u64, want: u64| {
@@ -204,7 +215,11 @@ async fn sync_wait(
             &json!({ "progress": { "done": have, "total": want } }),
         ));
     };
-    let line = match crate::net::wait::synced(hub, project, timeout, progress).await {
+    let waited = tokio::select! {
+        waited = crate::net::wait::synced(hub, project, timeout, progress) => waited,
+        () = stopped(stopping) => Err("the node is stopping".to_string()),
+    };
+    let line = match waited {
         Ok(reply) => json!({ "reply": reply }),
         Err(e) => json!({ "error": e, "cancelled": false }),
     };
@@ -213,12 +228,24 @@ async fn sync_wait(
 
 async fn events(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    let stream = tokio_stream::wrappers::BroadcastStream::new(s.changes.subscribe())
+    use tokio_stream::wrappers::{BroadcastStream, WatchStream};
+    let changes = BroadcastStream::new(s.changes.subscribe())
         .filter_map(|change| change.ok())
-        .map(|change| {
-            Ok::<_, Infallible>(Event::default().event("change").data(change.to_string()))
-        });
+        .map(|change| Some(Event::default().event("change").data(change.to_string())));
+    // The stream ends when the node stops (the server waits for open ones).
+    let stop = WatchStream::new(s.stopping.subscribe())
+        .filter(|stopping| *stopping)
+        .map(|_| None);
+    let stream = changes
+        .merge(stop)
+        .take_while(Option::is_some)
+        .filter_map(|event| event.map(Ok::<_, Infallible>));
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Resolves once the node starts stopping.
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 fn op_name(req: &Request) -> String {

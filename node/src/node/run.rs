@@ -164,6 +164,7 @@ async fn serve(
         addresses: endpoint.bound_sockets(),
         started: Instant::now(),
         shutting_down: Arc::new(AtomicBool::new(false)),
+        stopping: tokio::sync::watch::channel(false).0,
         changes: hub.changes.clone(),
         hub: hub.clone(),
     });
@@ -177,11 +178,12 @@ async fn serve(
     info::write(data_dir, &node)
         .map_err(|e| format!("cannot write {}: {e}", info::path(data_dir).display()))?;
     announce(&state);
-    let stop = state.shutting_down.clone();
+    let (stop, stopping) = (state.shutting_down.clone(), state.stopping.clone());
     let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             stop.store(true, Ordering::SeqCst);
+            stopping.send_replace(true);
         })
         .await;
     tracing::info!("stopping: closing the endpoint");
