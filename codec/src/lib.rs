@@ -13,6 +13,7 @@ pub mod analysis;
 pub mod channels;
 pub mod decode;
 pub mod error;
+pub mod flac;
 pub mod fuzzing;
 mod guard;
 pub mod limits;
@@ -25,6 +26,7 @@ pub mod wav;
 pub use analysis::{Loudness, LoudnessReport, Waveform};
 pub use decode::{AudioReader, SourceInfo};
 pub use error::{CodecError, Result};
+pub use flac::{FlacReport, encode_flac};
 pub use guard::install_panic_hook;
 pub use ogg_opus::{OggOpusReader, OggOpusWriter, OpusSettings};
 pub use pipeline::{

@@ -61,6 +61,12 @@ impl<W: Write + Seek> WavWriter<W> {
     }
 
     /// Writes the final header sizes.
+    /// Writes the header for what is written so far and flushes: after a
+    /// crash the file reads back up to here.
+    pub fn flush(&mut self) -> Result<()> {
+        self.inner.flush().map_err(wav_err)
+    }
+
     pub fn finish(self) -> Result<()> {
         self.inner.finalize().map_err(wav_err)
     }

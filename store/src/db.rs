@@ -256,6 +256,19 @@ impl Store {
     }
 
     /// Remembered peers: (node id, record), ordered by id.
+    /// In-progress recordings (take id → record), left by a process that
+    /// died mid-take or still running in this one.
+    pub fn recordings(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECORDINGS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     pub fn peers(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PEERS)?;
@@ -390,6 +403,16 @@ impl Writer<'_> {
     }
 
     /// Remembers a peer (its last known addresses and the like).
+    pub fn put_recording(&mut self, take: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.txn.open_table(RECORDINGS)?.insert(take, record)?;
+        Ok(())
+    }
+
+    pub fn remove_recording(&mut self, take: &str) -> Result<(), StoreError> {
+        self.txn.open_table(RECORDINGS)?.remove(take)?;
+        Ok(())
+    }
+
     pub fn put_peer(&mut self, id: &str, record: &[u8]) -> Result<(), StoreError> {
         self.txn.open_table(PEERS)?.insert(id, record)?;
         Ok(())

@@ -55,6 +55,8 @@ pub(crate) mod key {
     pub const BLOB: &str = "blob";
     /// The stem's size in bytes, so members know how much is still to come.
     pub const BLOB_BYTES: &str = "blob_bytes";
+    /// A recorded take's lossless master (FLAC blob hash); synced only by policy.
+    pub const MASTER: &str = "master";
     pub const START: &str = "start";
     pub const OFFSET: &str = "offset";
     pub const LENGTH: &str = "length";

@@ -45,6 +45,9 @@ pub struct ClipView {
     /// The stem's size, when the importer recorded it.
     pub blob_bytes: Option<i64>,
     pub channels: i64,
+    /// BLAKE3 hash (hex) of a recorded take's FLAC master, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
     /// Timeline position, first frame used in the stem, and length, in 48 kHz frames.
     pub start: i64,
     pub offset: i64,
@@ -164,6 +167,7 @@ fn clip_view<T: ReadTxn>(txn: &T, id: String, m: &MapRef) -> ClipView {
         blob: as_string(m.get(txn, key::BLOB)).unwrap_or_default(),
         blob_bytes: as_i64(m.get(txn, key::BLOB_BYTES)),
         channels: as_i64(m.get(txn, key::CHANNELS)).unwrap_or(2),
+        master: as_string(m.get(txn, key::MASTER)),
         start: int(key::START),
         offset: int(key::OFFSET),
         length: int(key::LENGTH),

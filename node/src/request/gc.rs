@@ -19,7 +19,8 @@ pub fn run(ctx: &mut Context) -> Result<Value> {
         let blobs = view
             .tracks
             .iter()
-            .flat_map(|t| t.clips.iter().map(|c| c.blob.as_str()));
+            .flat_map(|t| &t.clips)
+            .flat_map(|c| std::iter::once(c.blob.as_str()).chain(c.master.as_deref()));
         keep.extend(blobs.filter_map(|b| b.parse::<Hash>().ok()));
     }
     let scratch_removed = clear_scratch(ctx)?;
