@@ -174,6 +174,28 @@ enum Command {
     },
     /// Bounce a project to one stereo 48 kHz file, from its Opus stems.
     Mixdown(MixdownArgs),
+    /// Record a take from the mic (or a WAV file) into a track, until
+    /// --seconds or Ctrl-C. With --overdub the song plays while you record
+    /// and the take is placed so it lines up with what you heard (the
+    /// device round trip compensated; run `calibrate` once per device pair
+    /// for the last few ms). A crash keeps all but the last second.
+    Record(RecordCli),
+    /// Play a project through the speakers (or into a WAV file) in real time; Ctrl-C stops.
+    Play(PlayCli),
+    /// Measure the round trip from an output to an input: loop them (a
+    /// cable, or the sound server's monitor) and run this once; overdubs on
+    /// that pair then line up to the millisecond.
+    Calibrate(CalibrateCli),
+    /// Turn takes a crash interrupted into clips (also done before the next command).
+    Recover {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the recording or playback the node is running.
+    Stop {
+        #[arg(long)]
+        json: bool,
+    },
     /// Markers on the song's timeline.
     #[command(allow_negative_numbers = true)]
     Marker {
@@ -222,6 +244,99 @@ struct MixdownArgs {
     normalize: Option<f64>,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RecordCli {
+    project: String,
+    /// The track to record into (created if missing); default: a new track "Take".
+    #[arg(long)]
+    track: Option<String>,
+    /// Input device id (`meshstudio devices`) or a WAV file; default: the default input.
+    #[arg(long, value_name = "DEVICE|FILE.wav")]
+    input: Option<String>,
+    /// Where playback, monitoring and the click go: a device id or a WAV file.
+    #[arg(long, value_name = "DEVICE|FILE.wav")]
+    output: Option<String>,
+    /// Send the click to its own output (the performer's headphones).
+    #[arg(long, value_name = "DEVICE|FILE.wav")]
+    click_output: Option<String>,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long, value_name = "N")]
+    seconds: Option<f64>,
+    /// Where on the timeline the take starts (seconds).
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    at: f64,
+    /// Play a click (the project's tempo and time signature) while recording.
+    #[arg(long)]
+    click: bool,
+    /// Bars of click before the take starts.
+    #[arg(long, value_name = "BARS", default_value_t = 0)]
+    count_in: u32,
+    /// Hear the input through the output while recording.
+    #[arg(long)]
+    monitor: bool,
+    /// Play the project while recording, and line the take up with it.
+    #[arg(long)]
+    overdub: bool,
+    /// Device buffer size in frames (smaller: less latency, more risk of dropouts).
+    #[arg(long, value_name = "FRAMES")]
+    buffer: Option<u32>,
+    /// With WAV files on both sides: run as fast as possible, not in real time.
+    #[arg(long)]
+    fast: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct PlayCli {
+    project: String,
+    /// Start here (seconds).
+    #[arg(long, value_name = "S", default_value_t = 0.0)]
+    from: f64,
+    /// Stop here (seconds); default: the song's end.
+    #[arg(long, value_name = "S")]
+    to: Option<f64>,
+    /// Output device id or a WAV file (32-bit float, 48 kHz stereo).
+    #[arg(long, value_name = "DEVICE|FILE.wav")]
+    output: Option<String>,
+    /// Device buffer size in frames.
+    #[arg(long, value_name = "FRAMES")]
+    buffer: Option<u32>,
+    /// With --output FILE.wav: render as fast as possible.
+    #[arg(long)]
+    fast: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct CalibrateCli {
+    /// Input device id; default: the default input.
+    #[arg(long, value_name = "DEVICE")]
+    input: Option<String>,
+    /// Output device id; default: the default output.
+    #[arg(long, value_name = "DEVICE")]
+    output: Option<String>,
+    /// Device buffer size in frames (calibrate with the size you record with).
+    #[arg(long, value_name = "FRAMES")]
+    buffer: Option<u32>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// A port as the request carries it: files as absolute paths.
+fn port_arg(text: Option<String>) -> Option<String> {
+    use crate::audio::engine::Port;
+    let text = text?;
+    Some(match Port::parse(Some(&text)) {
+        Port::File(path) => std::path::absolute(&path)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned(),
+        _ => text,
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -532,6 +647,45 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
             };
             (request, a.json)
         }
+        Command::Record(a) => {
+            let args = crate::request::record::RecordArgs {
+                project: a.project,
+                track: a.track,
+                input: port_arg(a.input),
+                output: port_arg(a.output),
+                click_output: port_arg(a.click_output),
+                seconds: a.seconds,
+                at_seconds: a.at,
+                click: a.click,
+                count_in_bars: a.count_in,
+                monitor: a.monitor,
+                overdub: a.overdub,
+                buffer_frames: a.buffer,
+                fast: a.fast,
+            };
+            (R::Record(args), a.json)
+        }
+        Command::Play(a) => {
+            let args = crate::request::record::PlayArgs {
+                project: a.project,
+                from_seconds: a.from,
+                to_seconds: a.to,
+                output: port_arg(a.output),
+                buffer_frames: a.buffer,
+                fast: a.fast,
+            };
+            (R::Play(args), a.json)
+        }
+        Command::Calibrate(a) => {
+            let args = crate::request::record::CalibrateArgs {
+                input: a.input,
+                output: a.output,
+                buffer_frames: a.buffer,
+            };
+            (R::Calibrate(args), a.json)
+        }
+        Command::Recover { json } => (R::Recover, json),
+        Command::Stop { json } => (R::Stop, json),
         Command::Encode(_) | Command::Decode(_) | Command::Probe(_) => {
             unreachable!("handled above")
         }

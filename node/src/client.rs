@@ -77,8 +77,13 @@ impl Remote {
         let reader = BufReader::new(resp.into_body().into_reader());
         std::thread::spawn(move || forward_lines(reader, lines_tx));
         let mut done = 0;
+        let mut stop_sent = false;
         loop {
-            if interrupted() {
+            if interrupted() && !stop_sent && request.uses_engine() {
+                // Ctrl-C ends a take or playback normally: the node keeps
+                // the take and still answers.
+                stop_sent = self.stop_engine();
+            } else if interrupted() && !stop_sent {
                 // Leaving closes the connection; the node sees that and cancels.
                 return Err(RequestError::Cancelled);
             }
@@ -93,6 +98,19 @@ impl Remote {
                 return finished;
             }
         }
+    }
+}
+
+impl Remote {
+    /// Asks the node to end its recording or playback; false if it could not be asked.
+    fn stop_engine(&self) -> bool {
+        let body = serde_json::to_vec(&Request::Stop).expect("requests serialize");
+        self.agent
+            .post(&self.url("/v1/request"))
+            .header("Authorization", &self.auth())
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .is_ok()
     }
 }
 

@@ -10,6 +10,7 @@ mod failpoint;
 mod gc;
 mod imports;
 mod membership;
+pub mod record;
 pub(crate) mod resolve;
 mod undo;
 
@@ -134,6 +135,16 @@ pub enum Request {
         format: SampleFormat,
         normalize: Option<f64>,
     },
+    /// Records a take (the node's devices, when one runs).
+    Record(record::RecordArgs),
+    /// Plays the song in real time.
+    Play(record::PlayArgs),
+    /// Measures the round trip from an output to an input.
+    Calibrate(record::CalibrateArgs),
+    /// Restores takes a crash interrupted.
+    Recover,
+    /// Ends the recording or playback in progress (node only).
+    Stop,
 }
 
 impl Request {
@@ -148,6 +159,18 @@ impl Request {
                 | Request::Lyrics { set: None, .. }
                 | Request::Mixdown { .. }
                 | Request::ExportStems { .. }
+                | Request::Play(_)
+                | Request::Calibrate(_)
+                | Request::Stop
+        )
+    }
+
+    /// Whether the request runs the audio engine (and so does not hold
+    /// the context while it runs).
+    pub fn uses_engine(&self) -> bool {
+        matches!(
+            self,
+            Request::Record(_) | Request::Play(_) | Request::Calibrate(_)
         )
     }
 }
@@ -268,6 +291,28 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
             format,
             normalize,
         } => bounce::run(ctx, &project, &out, format, normalize, progress),
+        Request::Record(_) | Request::Play(_) | Request::Calibrate(_) => {
+            let held = record::Held(std::cell::RefCell::new(ctx));
+            run_engine(&held, request, progress)
+        }
+        Request::Recover => Ok(json!({ "recovered": record::recover(ctx)? })),
+        Request::Stop => Err(RequestError::Invalid(
+            "nothing is recording or playing: no node runs here".into(),
+        )),
+    }
+}
+
+/// Runs an engine request, taking the context only when it needs it.
+pub fn run_engine(
+    cx: &impl record::WithContext,
+    request: Request,
+    progress: &dyn Observer,
+) -> Result<Value> {
+    match request {
+        Request::Record(args) => record::record(cx, &args, progress),
+        Request::Play(args) => record::play(cx, &args, progress),
+        Request::Calibrate(args) => record::calibrate(cx, &args, progress),
+        other => cx.with(|ctx| execute(ctx, other, progress)),
     }
 }
 

@@ -53,7 +53,24 @@ pub trait ClipSource: Send {
     /// to both channels. Returns frames written; fewer than asked only at
     /// the stem's end (the rest is silence).
     fn read(&mut self, out: &mut [f32]) -> Result<usize, MixError>;
+
+    /// Passes over the next `frames` frames (playback starting inside the clip).
+    fn skip(&mut self, mut frames: u64) -> Result<(), MixError> {
+        let mut scratch = vec![0.0; SKIP_CHUNK_FRAMES * CHANNELS];
+        while frames > 0 {
+            let n = frames.min(SKIP_CHUNK_FRAMES as u64) as usize;
+            let got = self.read(&mut scratch[..n * CHANNELS])?;
+            if got < n {
+                return Ok(());
+            }
+            frames -= n as u64;
+        }
+        Ok(())
+    }
 }
+
+/// Frames decoded at once while skipping into a clip.
+const SKIP_CHUNK_FRAMES: usize = 4096;
 
 /// Opens the source of clip `(track, clip)` of the mix, positioned at the clip's offset.
 pub type OpenClip<'a> = dyn Fn(usize, usize) -> Result<Box<dyn ClipSource>, MixError> + Sync + 'a;
@@ -95,33 +112,85 @@ fn mixdown_with_threads(
     threads: usize,
 ) -> Result<u64, MixError> {
     let total = song_frames(mix);
-    if total > MAX_MIX_FRAMES {
-        return Err(MixError::TooLong { frames: total });
-    }
-    let slots = max_playing_clips(mix, MIX_BLOCK_FRAMES);
-    if slots > MAX_PLAYING_CLIPS {
-        return Err(MixError::TooManyClips { clips: slots });
-    }
+    let mut player = Player::new(mix, open, 0..total, threads)?;
     observer.total(Some(total));
-    let mut audio = ClipAudio::new(mix, MIX_BLOCK_FRAMES, slots);
-    let mut voices = Voices::new(mix);
     let mut out = vec![0.0; MIX_BLOCK_FRAMES * CHANNELS];
-    let mut pos = 0;
-    while pos < total {
+    loop {
         if observer.cancelled() {
             return Err(MixError::Cancelled);
         }
-        let frames = (total - pos).min(MIX_BLOCK_FRAMES as u64) as usize;
-        voices.advance(pos, frames, open)?;
-        audio.start_block(frames, voices.active.iter().map(|v| (v.track, v.clip)));
-        read_in_parallel(&mut voices.active, audio.buffers_mut(), pos, threads)?;
-        let block = &mut out[..frames * CHANNELS];
-        render(mix, pos, &audio, block);
-        sink(block)?;
+        let frames = player.next_block(&mut out)?;
+        if frames == 0 {
+            return Ok(total);
+        }
+        sink(&out[..frames * CHANNELS])?;
         observer.advance(frames as u64);
-        pos += frames as u64;
     }
-    Ok(total)
+}
+
+/// Renders a stretch of the song block by block, on demand: the bounce
+/// loop above and live playback's feeder thread both pull from one.
+pub struct Player<'a> {
+    mix: &'a Mix,
+    open: &'a OpenClip<'a>,
+    audio: ClipAudio,
+    voices: Voices,
+    pos: u64,
+    end: u64,
+    threads: usize,
+}
+
+impl<'a> Player<'a> {
+    /// A player for timeline frames `range` (clamped to the song's end).
+    pub fn new(
+        mix: &'a Mix,
+        open: &'a OpenClip<'a>,
+        range: std::ops::Range<u64>,
+        threads: usize,
+    ) -> Result<Self, MixError> {
+        let total = song_frames(mix);
+        if total > MAX_MIX_FRAMES {
+            return Err(MixError::TooLong { frames: total });
+        }
+        let slots = max_playing_clips(mix, MIX_BLOCK_FRAMES);
+        if slots > MAX_PLAYING_CLIPS {
+            return Err(MixError::TooManyClips { clips: slots });
+        }
+        let end = range.end.min(total);
+        Ok(Player {
+            mix,
+            open,
+            audio: ClipAudio::new(mix, MIX_BLOCK_FRAMES, slots),
+            voices: Voices::new(mix, range.start),
+            pos: range.start.min(end),
+            end,
+            threads: threads.max(1),
+        })
+    }
+
+    /// Renders the next block (at most `MIX_BLOCK_FRAMES`, and at most
+    /// what `out` holds) into `out`; returns its frames, 0 at the end.
+    pub fn next_block(&mut self, out: &mut [f32]) -> Result<usize, MixError> {
+        let room = (out.len() / CHANNELS).min(MIX_BLOCK_FRAMES) as u64;
+        let frames = (self.end - self.pos).min(room) as usize;
+        if frames == 0 {
+            return Ok(0);
+        }
+        let pos = self.pos;
+        self.voices.advance(pos, frames, self.open)?;
+        let active = self.voices.active.iter().map(|v| (v.track, v.clip));
+        self.audio.start_block(frames, active);
+        read_in_parallel(
+            &mut self.voices.active,
+            self.audio.buffers_mut(),
+            pos,
+            self.threads,
+        )?;
+        let block = &mut out[..frames * CHANNELS];
+        render(self.mix, pos, &self.audio, block);
+        self.pos += frames as u64;
+        Ok(frames)
+    }
 }
 
 /// A clip of an audible track, known by its place in the mix.
@@ -151,7 +220,8 @@ struct Voices {
 }
 
 impl Voices {
-    fn new(mix: &Mix) -> Self {
+    /// The audible clips still sounding at or after timeline frame `from`.
+    fn new(mix: &Mix, from: u64) -> Self {
         let any_solo = mix.any_solo();
         let mut schedule = Vec::new();
         let audible = mix
@@ -160,7 +230,11 @@ impl Voices {
             .enumerate()
             .filter(|(_, t)| t.audible(any_solo));
         for (track, t) in audible {
-            let sounding = t.clips.iter().enumerate().filter(|(_, c)| c.length > 0);
+            let sounding = t
+                .clips
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.length > 0 && c.end() > from);
             for (clip, &span) in sounding {
                 schedule.push(Scheduled { track, clip, span });
             }
@@ -181,7 +255,9 @@ impl Voices {
         while let Some(&s) = self.schedule.get(self.next)
             && s.span.start < block_end
         {
-            let source = open(s.track, s.clip)?;
+            let mut source = open(s.track, s.clip)?;
+            // Playback may start inside the clip.
+            source.skip(pos.saturating_sub(s.span.start))?;
             self.active.push(Voice {
                 track: s.track,
                 clip: s.clip,

@@ -165,16 +165,20 @@ pub fn absolute(paths: Vec<PathBuf>) -> Vec<PathBuf> {
 /// Runs one request against the data dir and prints its reply.
 pub fn run(data_dir: &Path, request: Request, json: bool) -> Result<(), Failure> {
     let mut ctx = Context::new(data_dir.to_path_buf());
-    let long_work = matches!(
-        request,
-        Request::Import { .. } | Request::Mixdown { .. } | Request::SyncWait { .. }
-    );
+    let long_work = request.uses_engine()
+        || matches!(
+            request,
+            Request::Import { .. } | Request::Mixdown { .. } | Request::SyncWait { .. }
+        );
     let bars = Bars::new(progress::wanted(json) && long_work);
     let observer = bars.file(Path::new(label(&request)));
     let human = describe(&request);
     let (result, closed) = match Remote::find(data_dir) {
         Some(node) => (node.execute(&request, &observer), Ok(())),
-        None => (execute(&mut ctx, request, &observer), ctx.close()),
+        None => {
+            recover_first(&mut ctx, &request);
+            (execute(&mut ctx, request, &observer), ctx.close())
+        }
     };
     observer.done();
     let reply = match (result, closed) {
@@ -190,10 +194,35 @@ pub fn run(data_dir: &Path, request: Request, json: bool) -> Result<(), Failure>
     Ok(())
 }
 
+/// Takes a crash interrupted become clips before anything else runs, and
+/// the user hears about it (`recover` itself reports them in its reply).
+fn recover_first(ctx: &mut Context, request: &Request) {
+    if matches!(
+        request,
+        Request::Recover | Request::Init { .. } | Request::Id
+    ) {
+        return;
+    }
+    if !crate::request::record::pending(ctx) {
+        return;
+    }
+    match crate::request::record::recover(ctx) {
+        Ok(takes) => {
+            for t in takes {
+                eprintln!("meshstudio: {}", crate::request::record::recovered_line(&t));
+            }
+        }
+        Err(e) => eprintln!("meshstudio: {e}"),
+    }
+}
+
 fn label(r: &Request) -> &'static str {
     match r {
         Request::Mixdown { .. } => "mixdown",
         Request::SyncWait { .. } => "stems",
+        Request::Record(_) => "recording",
+        Request::Play(_) => "playing",
+        Request::Calibrate(_) => "calibrating",
         _ => "import",
     }
 }
@@ -288,6 +317,10 @@ enum Human {
     Lyrics,
     Invite,
     Devices,
+    Take,
+    Played,
+    Calibrated,
+    Recovered,
     Summary,
 }
 
@@ -326,6 +359,10 @@ fn describe(r: &Request) -> Human {
         Request::Lyrics { .. } => Human::Lyrics,
         Request::Invite { .. } => Human::Invite,
         Request::Devices => Human::Devices,
+        Request::Record(_) => Human::Take,
+        Request::Play(_) => Human::Played,
+        Request::Calibrate(_) => Human::Calibrated,
+        Request::Recover => Human::Recovered,
         _ => Human::Summary,
     }
 }
@@ -362,6 +399,39 @@ fn print_human(kind: Human, v: &Value) {
         }
         Human::Summary => println!("{v}"),
         Human::Devices => print_devices(v),
+        Human::Take => {
+            let e = &v["engine"];
+            println!(
+                "recorded {:.1} s into track {:?} at {:.1} s (clip {}); {} xruns",
+                v["seconds"].as_f64().unwrap_or(0.0),
+                s("track_name"),
+                v["start"].as_f64().unwrap_or(0.0) / 48_000.0,
+                s("clip"),
+                e["xruns"],
+            );
+        }
+        Human::Played => println!(
+            "played {:.1} s; {} xruns",
+            v["frames"].as_f64().unwrap_or(0.0) / 48_000.0,
+            v["xruns"]
+        ),
+        Human::Calibrated => println!(
+            "round trip {} ms ({:.2} ms beyond what the devices report, spread {:.2} ms); stored for this device pair",
+            v["round_trip_ms"]
+                .as_f64()
+                .map_or_else(|| "?".into(), |r| format!("{r:.1}")),
+            v["residual_ms"].as_f64().unwrap_or(0.0),
+            v["spread_ms"].as_f64().unwrap_or(0.0),
+        ),
+        Human::Recovered => {
+            let takes = v["recovered"].as_array().cloned().unwrap_or_default();
+            if takes.is_empty() {
+                println!("no interrupted takes");
+            }
+            for t in takes {
+                println!("{}", crate::request::record::recovered_line(&t));
+            }
+        }
     }
 }
 

@@ -149,6 +149,13 @@ async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Re
         ));
         return ndjson(rx);
     }
+    if let Request::Stop = req {
+        let stopped = crate::request::record::stop();
+        let _ = tx
+            .send(line_of(&json!({ "reply": { "stopped": stopped } })))
+            .await;
+        return ndjson(rx);
+    }
     let observer = RemoteObserver {
         tx: tx.clone(),
         done: AtomicU64::new(0),
@@ -159,10 +166,17 @@ async fn request(State(s): State<Arc<ApiState>>, Json(req): Json<Request>) -> Re
     let changes = req.is_change().then(|| s.changes.clone());
     tracing::info!(op, "request");
     tokio::task::spawn_blocking(move || {
-        let mut ctx = ctx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let line = match execute(&mut ctx, req, &observer) {
+        // The engine takes the context only to prepare and to commit.
+        let result = if req.uses_engine() {
+            crate::request::run_engine(&*ctx, req, &observer)
+        } else {
+            let mut ctx = ctx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            execute(&mut ctx, req, &observer)
+        };
+        let line = match result {
             Ok(reply) => {
                 if let Some(changes) = changes {
+                    let mut ctx = ctx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     let _ = changes.send(change_event(&mut ctx, &op, &reply));
                 }
                 json!({ "reply": reply })

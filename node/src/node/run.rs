@@ -52,6 +52,17 @@ pub fn up(data_dir: &Path, opts: UpOptions) -> Result<(), String> {
         Ok(_) => {}
     }
     let _log = logging::init(data_dir)?;
+    // A take a crash interrupted becomes a clip before anything syncs.
+    match crate::request::record::recover(&mut ctx) {
+        Ok(takes) => {
+            for t in takes {
+                let line = crate::request::record::recovered_line(&t);
+                tracing::info!("{line}");
+                eprintln!("meshstudio: {line}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "interrupted takes stay in takes/"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RUNTIME_THREADS)
         .enable_all()

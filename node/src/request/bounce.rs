@@ -256,6 +256,41 @@ fn scratch_dir(ctx: &Context) -> Result<tempfile::TempDir> {
         .map_err(|e| write_err(&base, e))
 }
 
+/// A song ready to render: its mix and every stem copied out of the blob
+/// store into a scratch dir (deleted on drop). Live playback uses it.
+pub struct SongAudio {
+    pub mix: Mix,
+    stems: Vec<Vec<Option<StemRef>>>,
+    files: BTreeMap<Hash, PathBuf>,
+    _scratch: tempfile::TempDir,
+}
+
+impl SongAudio {
+    pub fn load(ctx: &mut Context, view: &ProjectView) -> Result<SongAudio> {
+        let (mix, stems) = mix_of(view);
+        let scratch = scratch_dir(ctx)?;
+        let files = fetch_stems(ctx, view, &stems, scratch.path())?;
+        Ok(SongAudio {
+            mix,
+            stems,
+            files,
+            _scratch: scratch,
+        })
+    }
+
+    /// Opens clip `c` of track `t` at its offset.
+    pub fn open(
+        &self,
+        t: usize,
+        c: usize,
+    ) -> Result<Box<dyn crate::audio::mixdown::ClipSource>, MixError> {
+        let stem = self.stems[t][c].as_ref().expect("checked by fetch_stems");
+        let clip = &self.mix.tracks[t].clips[c];
+        StemClip::open(&self.files[&stem.hash], clip.offset, (t, c), &stem.name)
+            .map(|s| Box::new(s) as Box<dyn crate::audio::mixdown::ClipSource>)
+    }
+}
+
 /// Copies every stem the mix needs out of the blob store; fails naming
 /// every stem this node doesn't have (yet).
 fn fetch_stems(

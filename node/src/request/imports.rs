@@ -44,8 +44,17 @@ pub fn import(
             Some(name) => name.to_string(),
             None => file_stem(file),
         };
-        let (track_id, clip_id) =
-            add_clip(ctx, &p, &track_name, track.is_some(), &stem, start, file)?;
+        let source = file
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let new = NewClip {
+            track: &track_name,
+            reuse: track.is_some(),
+            start,
+            source,
+            master: None,
+        };
+        let (track_id, clip_id) = add_clip(ctx, &p, &new, &stem)?;
         failpoint::hit(failpoint::AFTER_COMMIT);
         results.push(json!({
             "file": file,
@@ -110,18 +119,58 @@ fn encode_to_blob(ctx: &mut Context, file: &Path, progress: &dyn Observer) -> Re
     })
 }
 
-/// Adds a clip for `stem` to the track named `name` (created if missing
-/// or if `reuse` is false); commits; returns (track id, clip id).
+/// Where a new clip goes and what it is called.
+pub struct NewClip<'a> {
+    /// The track's name: found (when `reuse`) or created.
+    pub track: &'a str,
+    pub reuse: bool,
+    pub start: i64,
+    /// What people know the audio by (file name, take).
+    pub source: String,
+    /// A recorded take's lossless master.
+    pub master: Option<Hash>,
+}
+
+/// A clip added by `encode_and_add`.
+pub struct AddedClip {
+    pub track: String,
+    pub clip: String,
+    pub blob: String,
+    pub frames: u64,
+}
+
+/// Encodes `file` to a stem and adds it as a clip: what `import` does for
+/// each file, and how a recorded take becomes a clip.
+pub fn encode_and_add(
+    ctx: &mut Context,
+    p: &ProjectDoc,
+    file: &Path,
+    new: NewClip,
+    progress: &dyn Observer,
+) -> Result<AddedClip> {
+    let stem = encode_to_blob(ctx, file, progress)?;
+    let (track, clip) = add_clip(ctx, p, &new, &stem)?;
+    Ok(AddedClip {
+        track,
+        clip,
+        blob: stem.hash.to_hex().to_string(),
+        frames: stem.report.frames,
+    })
+}
+
+/// Adds a clip for `stem` as `new` says; commits; returns (track id, clip id).
 fn add_clip(
     ctx: &mut Context,
     p: &ProjectDoc,
-    name: &str,
-    reuse: bool,
+    new: &NewClip,
     stem: &Stem,
-    start: i64,
-    file: &Path,
 ) -> Result<(String, String)> {
-    let existing = if reuse { find_track(p, name)? } else { None };
+    let (name, start) = (new.track, new.start);
+    let existing = if new.reuse {
+        find_track(p, name)?
+    } else {
+        None
+    };
     let mut changes = Vec::new();
     let track_id = existing.unwrap_or_else(|| {
         let id = uuid::Uuid::new_v4().to_string();
@@ -134,10 +183,8 @@ fn add_clip(
         id
     });
     let clip_id = uuid::Uuid::new_v4().to_string();
-    let source = file
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let fields = Fields::from([
+    let source = new.source.clone();
+    let mut fields = Fields::from([
         (key::BLOB.into(), json!(stem.hash.to_hex().to_string())),
         (key::BLOB_BYTES.into(), json!(stem.bytes)),
         (key::CHANNELS.into(), json!(stem.report.channels)),
@@ -149,6 +196,9 @@ fn add_clip(
         (key::FADE_OUT.into(), json!(0)),
         (key::SOURCE.into(), json!(source)),
     ]);
+    if let Some(master) = new.master {
+        fields.insert(key::MASTER.into(), json!(master.to_hex().to_string()));
+    }
     changes.push(Change::AddClip {
         track: track_id.clone(),
         clip: clip_id.clone(),

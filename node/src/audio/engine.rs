@@ -1,0 +1,512 @@
+//! The real-time engine behind `record`, `play` and `calibrate`: devices
+//! (cpal) or WAV files on either side, the same callbacks for both.
+//!
+//! Threads: the device callbacks (or, for files, a clock thread that calls
+//! the same code, paced in real time unless `fast`) only move samples
+//! through lock-free rings (`rt.rs`); a feeder thread renders what the
+//! output plays (the song through `render()`, the click, a test signal)
+//! into the output ring; a disk thread drains the capture ring into the
+//! take (`take.rs`); the calling thread watches, reports progress, and
+//! stops everything on Ctrl-C, a time limit, the end of the song, or a
+//! device error — keeping whatever was captured.
+
+pub mod device;
+mod files;
+pub mod rt;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meshstudio_codec::Observer;
+use rtrb::RingBuffer;
+use serde::Serialize;
+
+use super::render::CHANNELS;
+use super::take::{Align, Disk, DiskReport, TakeSink};
+use device::{ENGINE_RATE, ErrorSlot};
+use rt::{Capture, Playback, Shared};
+
+/// How often the watching thread looks at the engine.
+const WATCH: Duration = Duration::from_millis(10);
+/// Seconds of audio the capture ring holds while the disk is slow.
+const TAKE_RING_SECONDS: usize = 4;
+/// Frames the output ring holds ahead of the device: enough to ride out a
+/// slow feeder block, short enough that Ctrl-C stops sound at once.
+const OUTPUT_RING_FRAMES: usize = 16_384;
+/// Frames the feeder renders at a time.
+const FEED_FRAMES: usize = 1024;
+/// Frames the monitor ring holds (it drops the surplus anyway).
+const MONITOR_RING_FRAMES: usize = 4096;
+/// A device that delivers nothing for this long has failed.
+const STALL: Duration = Duration::from_secs(2);
+/// The first callback must come within this.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the last frame is handed to the device, let this much more play
+/// (the device's own buffer) before closing it.
+const DRAIN_TAIL: Duration = Duration::from_millis(300);
+
+/// One side of the engine, as the user named it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Port {
+    /// The default device.
+    Default,
+    /// A device id (`meshstudio devices`).
+    Device(String),
+    /// A WAV file (an input to read, or an output to write).
+    File(PathBuf),
+}
+
+impl Port {
+    /// `DEVICE|FILE.wav`: anything ending in `.wav` or naming a path is a file.
+    pub fn parse(text: Option<&str>) -> Port {
+        match text {
+            None | Some("default") => Port::Default,
+            Some(t) if t.to_ascii_lowercase().ends_with(".wav") || t.contains('/') => {
+                Port::File(PathBuf::from(t))
+            }
+            Some(t) => Port::Device(t.to_string()),
+        }
+    }
+
+    pub fn is_file(&self) -> bool {
+        matches!(self, Port::File(_))
+    }
+
+    fn device_id(&self) -> Option<&str> {
+        match self {
+            Port::Device(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// What the output plays, rendered on the feeder thread.
+pub trait Feed: Send {
+    /// Fills `main` (and `click`, when the click has its own output) with
+    /// the stereo frames starting at output frame `frame`; returns how
+    /// many frames there were, fewer than the block only at the end.
+    fn fill(
+        &mut self,
+        frame: u64,
+        main: &mut [f32],
+        click: Option<&mut [f32]>,
+    ) -> Result<usize, String>;
+}
+
+/// Makes the take's sink once the input's channels and rate are known.
+pub type OpenTake = Box<dyn FnOnce(usize, u32) -> std::io::Result<Box<dyn TakeSink>> + Send>;
+
+/// Where the input goes.
+pub struct TakePlan {
+    pub open: OpenTake,
+    pub align: Align,
+    pub seconds: Option<f64>,
+}
+
+pub struct Session<'a> {
+    pub input: Option<Port>,
+    pub output: Option<Port>,
+    /// A separate output for the click (the performer's headphones).
+    pub click_output: Option<Port>,
+    pub buffer: Option<u32>,
+    pub fast: bool,
+    pub monitor: bool,
+    pub feed: Option<Box<dyn Feed + 'a>>,
+    pub take: Option<TakePlan>,
+}
+
+/// How a session went.
+#[derive(Debug, Default, Serialize)]
+pub struct Outcome {
+    pub input: Option<String>,
+    pub output: Option<String>,
+    /// Frames written to the take, and the take's format.
+    pub take_frames: u64,
+    pub take_rate: u32,
+    pub take_channels: usize,
+    /// Input frames dropped at the start (or silence put in front, < 0) to line the take up.
+    pub take_skipped: i64,
+    pub played_frames: u64,
+    pub xruns: u64,
+    pub overrun_frames: u64,
+    pub underrun_frames: u64,
+    /// The devices' latency estimates (ms), when a device stream ran.
+    pub input_latency_ms: Option<f64>,
+    pub output_latency_ms: Option<f64>,
+    /// Capture time of the first input frame minus playback time of the first output frame (s).
+    pub stream_offset_seconds: Option<f64>,
+    pub stopped: bool,
+    /// A device failed mid-session: what was captured is still here.
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub samples: Vec<f32>,
+}
+
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Device(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Both sides opened, before anything runs.
+struct Sides {
+    input: Option<files::Or<(cpal::Device, cpal::StreamConfig, cpal::SampleFormat)>>,
+    outputs: Vec<files::Or<(cpal::Device, cpal::StreamConfig, cpal::SampleFormat)>>,
+    input_label: Option<String>,
+    output_label: Option<String>,
+    in_channels: usize,
+    in_rate: u32,
+}
+
+/// Runs a session until its end; `observer.cancelled()` stops it as the
+/// user's Ctrl-C: gracefully, keeping the take.
+pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, EngineError> {
+    let sides = open_sides(&session)?;
+    let shared = Arc::new(Shared::default());
+    let errors: ErrorSlot = Arc::new(Mutex::new(None));
+    let stop = AtomicBool::new(false);
+    let full = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
+    let fed = AtomicU64::new(0);
+    let take_channels = sides.in_channels.min(CHANNELS);
+
+    let Session {
+        feed,
+        take,
+        monitor,
+        fast,
+        buffer,
+        ..
+    } = session;
+    let monitor = monitor && sides.input.is_some() && !sides.outputs.is_empty();
+    let (mon_tx, mon_rx) = split(monitor.then(|| RingBuffer::new(MONITOR_RING_FRAMES * CHANNELS)));
+    let mut out_rings: Vec<_> = sides
+        .outputs
+        .iter()
+        .map(|_| RingBuffer::<f32>::new(OUTPUT_RING_FRAMES * CHANNELS))
+        .collect();
+    let (take_tx, take_rx) = split(
+        take.is_some()
+            .then(|| RingBuffer::new(sides.in_rate as usize * TAKE_RING_SECONDS * take_channels)),
+    );
+    let (out_tx, out_rx): (Vec<_>, Vec<_>) = out_rings.drain(..).unzip();
+
+    let capture = sides.input.as_ref().map(|_| Capture {
+        take: take_tx,
+        monitor: mon_tx,
+        device_channels: sides.in_channels,
+        take_channels,
+        shared: shared.clone(),
+    });
+    let playbacks: Vec<Playback> = out_rx
+        .into_iter()
+        .map(|ring| Playback {
+            ring,
+            monitor: None,
+            device_channels: CHANNELS,
+            shared: shared.clone(),
+        })
+        .collect();
+    let mut playbacks = playbacks;
+    if let (Some(first), Some(rx)) = (playbacks.first_mut(), mon_rx) {
+        first.monitor = Some(rx);
+    }
+    if feed.is_none() {
+        shared.feeder_done.store(true, Ordering::Release);
+    }
+
+    let disk = match (take, take_rx) {
+        (Some(plan), Some(ring)) => {
+            let sink = (plan.open)(take_channels, sides.in_rate)
+                .map_err(|e| EngineError::Io(format!("cannot write the take: {e}")))?;
+            Some(Disk {
+                ring,
+                sink,
+                channels: take_channels,
+                rate: sides.in_rate,
+                align: plan.align,
+                limit: plan
+                    .seconds
+                    .map(|s| (s.max(0.0) * f64::from(sides.in_rate)).round() as u64),
+            })
+        }
+        _ => None,
+    };
+
+    let mut outcome = Outcome {
+        input: sides.input_label.clone(),
+        output: sides.output_label.clone(),
+        take_rate: sides.in_rate,
+        take_channels,
+        ..Outcome::default()
+    };
+    std::thread::scope(|scope| -> Result<(), EngineError> {
+        let disk_thread = disk.map(|d| scope.spawn(|| d.run(&shared, &stop, &full, &written)));
+        let feeder = feed.map(|f| {
+            let (shared, stop, fed) = (&shared, &stop, &fed);
+            scope.spawn(move || feed_loop(f, out_tx, shared, stop, fed))
+        });
+        let started = start_streams(
+            scope,
+            &sides,
+            capture,
+            playbacks,
+            &errors,
+            &shared,
+            &stop,
+            Clock { fast, buffer },
+        );
+        let result = match started {
+            Ok(streams) => {
+                let watched = watch(&sides, &shared, &errors, &stop, &full, &fed, observer);
+                outcome.stopped = watched.stopped;
+                outcome.error = watched.error;
+                drop(streams);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        stop.store(true, Ordering::Release);
+        if let Some(f) = feeder
+            && let Ok(Err(e)) = f.join()
+        {
+            outcome.error.get_or_insert(e);
+        }
+        if let Some(d) = disk_thread {
+            let report: DiskReport = d
+                .join()
+                .map_err(|_| EngineError::Io("the disk thread failed".into()))?
+                .map_err(|e| EngineError::Io(format!("cannot write the take: {e}")))?;
+            outcome.take_frames = report.frames;
+            outcome.take_skipped = report.skipped;
+            outcome.samples = report.samples;
+        }
+        result
+    })?;
+    fill_counters(&mut outcome, &shared, &sides);
+    Ok(outcome)
+}
+
+fn split<T>(
+    pair: Option<(rtrb::Producer<T>, rtrb::Consumer<T>)>,
+) -> (Option<rtrb::Producer<T>>, Option<rtrb::Consumer<T>>) {
+    match pair {
+        Some((p, c)) => (Some(p), Some(c)),
+        None => (None, None),
+    }
+}
+
+fn fill_counters(outcome: &mut Outcome, shared: &Shared, sides: &Sides) {
+    let load = |a: &AtomicU64| a.load(Ordering::Acquire);
+    outcome.played_frames = load(&shared.out_frames);
+    outcome.xruns = load(&shared.xruns);
+    outcome.overrun_frames = load(&shared.overrun_frames);
+    outcome.underrun_frames = load(&shared.underrun_frames);
+    let device_in = matches!(sides.input, Some(files::Or::Device(_)));
+    let device_out = matches!(sides.outputs.first(), Some(files::Or::Device(_)));
+    let ms = |ns: u64| ns as f64 / 1e6;
+    if device_in {
+        outcome.input_latency_ms = Some(ms(load(&shared.in_latency_ns)));
+    }
+    if device_out {
+        outcome.output_latency_ms = Some(ms(load(&shared.out_latency_ns)));
+    }
+    let (c0, p0) = (load(&shared.in_first_ns), load(&shared.out_first_ns));
+    if c0 != 0 && p0 != 0 {
+        outcome.stream_offset_seconds = Some((c0 as f64 - p0 as f64) / 1e9);
+    }
+}
+
+/// Opens (but does not start) every side the session names.
+fn open_sides(s: &Session<'_>) -> Result<Sides, EngineError> {
+    let files_only = |p: &Option<Port>| p.as_ref().is_none_or(Port::is_file);
+    if s.fast && !(files_only(&s.input) && files_only(&s.output) && s.click_output.is_none()) {
+        return Err(EngineError::Usage(
+            "--fast runs without a sound card: give --input and --output as WAV files".into(),
+        ));
+    }
+    let mut sides = Sides {
+        input: None,
+        outputs: Vec::new(),
+        input_label: None,
+        output_label: None,
+        in_channels: 0,
+        in_rate: ENGINE_RATE,
+    };
+    if let Some(port) = &s.input {
+        let (side, label, channels, rate) = files::open_input(port, s.buffer)?;
+        sides.input = Some(side);
+        sides.input_label = Some(label);
+        sides.in_channels = channels;
+        sides.in_rate = rate;
+    }
+    for port in s.output.iter().chain(&s.click_output) {
+        let (side, label) = files::open_output(port, s.buffer)?;
+        sides.output_label.get_or_insert(label);
+        sides.outputs.push(side);
+    }
+    Ok(sides)
+}
+
+/// How the file clock runs.
+#[derive(Clone, Copy)]
+struct Clock {
+    fast: bool,
+    buffer: Option<u32>,
+}
+
+/// Starts device streams and, for file sides, the clock thread.
+#[allow(clippy::too_many_arguments)]
+fn start_streams<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    sides: &'scope Sides,
+    capture: Option<Capture>,
+    playbacks: Vec<Playback>,
+    errors: &ErrorSlot,
+    shared: &'scope Shared,
+    stop: &'scope AtomicBool,
+    clock: Clock,
+) -> Result<Vec<cpal::Stream>, EngineError> {
+    let mut streams = Vec::new();
+    let mut file_in = None;
+    let mut file_outs = Vec::new();
+    if let (Some(side), Some(capture)) = (&sides.input, capture) {
+        match side {
+            files::Or::Device((dev, config, format)) => streams.push(
+                device::open_input(dev, config, *format, capture, errors)
+                    .map_err(EngineError::Device)?,
+            ),
+            files::Or::File(f) => file_in = Some((f, capture)),
+        }
+    }
+    for (side, playback) in sides.outputs.iter().zip(playbacks) {
+        match side {
+            files::Or::Device((dev, config, format)) => streams.push(
+                device::open_output(dev, config, *format, playback, errors)
+                    .map_err(EngineError::Device)?,
+            ),
+            files::Or::File(f) => file_outs.push((f, playback)),
+        }
+    }
+    if file_in.is_some() || !file_outs.is_empty() {
+        let rate = sides.in_rate;
+        let errors = errors.clone();
+        scope.spawn(move || {
+            if let Err(e) = files::clock(file_in, file_outs, rate, clock, shared, stop)
+                && let Ok(mut slot) = errors.lock()
+            {
+                slot.get_or_insert(e);
+            }
+        });
+    }
+    Ok(streams)
+}
+
+/// Renders the feed into the output rings until it ends or `stop`.
+fn feed_loop(
+    mut feed: Box<dyn Feed + '_>,
+    mut rings: Vec<rtrb::Producer<f32>>,
+    shared: &Shared,
+    stop: &AtomicBool,
+    fed: &AtomicU64,
+) -> Result<(), String> {
+    let mut main = vec![0.0; FEED_FRAMES * CHANNELS];
+    let mut click = vec![0.0; FEED_FRAMES * CHANNELS];
+    let mut frame = 0u64;
+    let result = loop {
+        if stop.load(Ordering::Acquire) {
+            break Ok(());
+        }
+        if rings.iter().any(|r| r.slots() < main.len()) {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        main.fill(0.0);
+        click.fill(0.0);
+        let separate = (rings.len() > 1).then_some(&mut click[..]);
+        let frames = match feed.fill(frame, &mut main, separate) {
+            Ok(frames) => frames.min(FEED_FRAMES),
+            Err(e) => break Err(e),
+        };
+        for (ring, block) in rings.iter_mut().zip([&main, &click]) {
+            let _ = ring.push_partial_slice(&block[..frames * CHANNELS]);
+        }
+        frame += frames as u64;
+        fed.store(frame, Ordering::Release);
+        if frames < FEED_FRAMES {
+            break Ok(());
+        }
+    };
+    shared.feeder_done.store(true, Ordering::Release);
+    result
+}
+
+/// What ended the watch.
+struct Watched {
+    stopped: bool,
+    error: Option<String>,
+}
+
+/// Watches the running session; returns when it should end.
+fn watch(
+    sides: &Sides,
+    shared: &Shared,
+    errors: &ErrorSlot,
+    stop: &AtomicBool,
+    full: &AtomicBool,
+    fed: &AtomicU64,
+    observer: &dyn Observer,
+) -> Watched {
+    let started = Instant::now();
+    let mut last_in = (0, Instant::now());
+    let mut drained_at: Option<Instant> = None;
+    let device_in = matches!(sides.input, Some(files::Or::Device(_)));
+    let mut reported = 0;
+    let end = |stopped, error| Watched { stopped, error };
+    loop {
+        std::thread::sleep(WATCH);
+        if observer.cancelled() {
+            return end(true, None);
+        }
+        if let Some(e) = errors.lock().ok().and_then(|mut e| e.take()) {
+            return end(false, Some(e));
+        }
+        if full.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
+            return end(false, None);
+        }
+        let in_frames = shared.in_frames.load(Ordering::Acquire);
+        let out_frames = shared.out_frames.load(Ordering::Acquire);
+        let progress = if sides.input.is_some() {
+            in_frames
+        } else {
+            out_frames
+        };
+        observer.advance(progress - reported);
+        reported = progress;
+        if device_in {
+            if in_frames != last_in.0 {
+                last_in = (in_frames, Instant::now());
+            }
+            let limit = if in_frames == 0 { START_TIMEOUT } else { STALL };
+            if last_in.1.elapsed() > limit && started.elapsed() > limit {
+                let name = sides.input_label.clone().unwrap_or_default();
+                return end(false, Some(device::explain(&name, &"no audio arrives")));
+            }
+        }
+        // Playing only: done once everything fed has been played (and heard).
+        let feeding_done = shared.feeder_done.load(Ordering::Acquire);
+        if sides.input.is_none() && feeding_done && out_frames >= fed.load(Ordering::Acquire) {
+            let at = *drained_at.get_or_insert_with(Instant::now);
+            if at.elapsed() >= DRAIN_TAIL || sides.outputs.iter().all(files::Or::is_file) {
+                return end(false, None);
+            }
+        }
+    }
+}

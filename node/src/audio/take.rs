@@ -1,0 +1,228 @@
+//! The disk side of recording: a thread drains the capture ring into the
+//! take file, so the callback never waits on a disk. The take is a float
+//! WAV whose header is rewritten and synced every half second: after a
+//! crash it reads back up to the last checkpoint, so `kill -9` loses at
+//! most the last second.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use meshstudio_codec::{WavFormat, WavWriter};
+use rtrb::Consumer;
+
+use super::engine::rt::Shared;
+
+/// Checkpoints per second: the header rewrite + fdatasync.
+const CHECKPOINTS_PER_SECOND: u64 = 2;
+/// How long the disk thread sleeps when the ring is empty.
+const IDLE: Duration = Duration::from_millis(5);
+/// How long to wait for both streams' first timestamps before lining the
+/// take up without them.
+const TIMING_WAIT: Duration = Duration::from_secs(3);
+
+/// Where captured samples go.
+pub trait TakeSink: Send {
+    fn write(&mut self, samples: &[f32]) -> std::io::Result<()>;
+    /// Makes everything written so far survive a crash.
+    fn checkpoint(&mut self) -> std::io::Result<()>;
+    fn finish(self: Box<Self>) -> std::io::Result<Vec<f32>>;
+}
+
+/// A take streamed to a float WAV file.
+pub struct WavTake {
+    writer: WavWriter<BufWriter<File>>,
+    file: File,
+}
+
+impl WavTake {
+    pub fn create(path: &Path, channels: usize, rate: u32) -> std::io::Result<Self> {
+        let file = File::create(path)?;
+        let writer = WavWriter::new(
+            BufWriter::new(file.try_clone()?),
+            channels,
+            rate,
+            WavFormat::Float32,
+        )
+        .map_err(std::io::Error::other)?;
+        Ok(WavTake { writer, file })
+    }
+}
+
+impl TakeSink for WavTake {
+    fn write(&mut self, samples: &[f32]) -> std::io::Result<()> {
+        self.writer.write(samples).map_err(std::io::Error::other)
+    }
+
+    fn checkpoint(&mut self) -> std::io::Result<()> {
+        self.writer.flush().map_err(std::io::Error::other)?;
+        self.file.sync_data()
+    }
+
+    fn finish(self: Box<Self>) -> std::io::Result<Vec<f32>> {
+        let WavTake { writer, file } = *self;
+        writer.finish().map_err(std::io::Error::other)?;
+        file.sync_all()?;
+        Ok(Vec::new())
+    }
+}
+
+/// A capture kept in memory (calibration: a few seconds).
+#[derive(Default)]
+pub struct MemTake(pub Vec<f32>);
+
+impl TakeSink for MemTake {
+    fn write(&mut self, samples: &[f32]) -> std::io::Result<()> {
+        self.0.extend_from_slice(samples);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> std::io::Result<Vec<f32>> {
+        Ok(self.0)
+    }
+}
+
+/// Where the take's first frame is on the input stream.
+#[derive(Debug, Clone, Copy)]
+pub enum Align {
+    /// The first captured frame (nothing plays along).
+    Start,
+    /// The frame that lines up with the timeline frame the take starts at,
+    /// `lead_seconds` after the output's first frame: found from both
+    /// streams' timestamps, less `residual_seconds` the timestamps miss
+    /// (measured by `calibrate`). `timestamps: false` when the two sides
+    /// run on different clocks (a file and a device): then only the lead counts.
+    Timeline {
+        lead_seconds: f64,
+        residual_seconds: f64,
+        timestamps: bool,
+    },
+}
+
+impl Align {
+    /// Input frames to drop (> 0) or silence to insert (< 0) before the
+    /// take starts; `None` while the streams' timing is still unknown.
+    fn skip_frames(&self, shared: &Shared, rate: u32, waited_out: bool) -> Option<i64> {
+        let Align::Timeline {
+            lead_seconds,
+            residual_seconds,
+            timestamps,
+        } = *self
+        else {
+            return Some(0);
+        };
+        let c0 = shared.in_first_ns.load(Ordering::Acquire);
+        let p0 = shared.out_first_ns.load(Ordering::Acquire);
+        let offset = if !timestamps || waited_out && (c0 == 0 || p0 == 0) {
+            0.0
+        } else if c0 == 0 || p0 == 0 {
+            return None;
+        } else {
+            (c0 as f64 - p0 as f64) / 1e9
+        };
+        Some(((lead_seconds - offset + residual_seconds) * f64::from(rate)).round() as i64)
+    }
+}
+
+/// What the disk thread did.
+#[derive(Debug, Default)]
+pub struct DiskReport {
+    pub frames: u64,
+    /// Input frames dropped before the take's first frame, or (negative)
+    /// silent frames put in front because the input started late.
+    pub skipped: i64,
+    pub samples: Vec<f32>,
+}
+
+/// The disk thread's inputs.
+pub struct Disk {
+    pub ring: Consumer<f32>,
+    pub sink: Box<dyn TakeSink>,
+    pub channels: usize,
+    pub rate: u32,
+    pub align: Align,
+    /// Stop after this many take frames (`--seconds`).
+    pub limit: Option<u64>,
+}
+
+impl Disk {
+    /// Drains the ring into the sink until `stop` and the ring is empty,
+    /// or the limit is reached (then `full` is set).
+    pub fn run(
+        mut self,
+        shared: &Shared,
+        stop: &AtomicBool,
+        full: &AtomicBool,
+        written: &AtomicU64,
+    ) -> std::io::Result<DiskReport> {
+        let ch = self.channels;
+        let every = u64::from(self.rate) / CHECKPOINTS_PER_SECOND;
+        let started = std::time::Instant::now();
+        let mut skip = None;
+        // Input frames still to drop before the take's first frame.
+        let mut to_drop = 0i64;
+        let mut frames = 0u64;
+        let mut since_checkpoint = 0u64;
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            if skip.is_none() {
+                let waited_out = stopping || started.elapsed() > TIMING_WAIT;
+                skip = self.align.skip_frames(shared, self.rate, waited_out);
+                to_drop = skip.unwrap_or(0).max(0);
+                if let Some(silence) = skip.filter(|s| *s < 0) {
+                    let zeros = vec![0.0; silence.unsigned_abs() as usize * ch];
+                    self.sink.write(&zeros)?;
+                    frames += silence.unsigned_abs();
+                }
+            }
+            let available = self.ring.slots() / ch * ch;
+            if available == 0 || skip.is_none() {
+                if stopping && (available == 0 || skip.is_none()) {
+                    break;
+                }
+                std::thread::sleep(IDLE);
+                continue;
+            }
+            let chunk = self
+                .ring
+                .read_chunk(available)
+                .map_err(std::io::Error::other)?;
+            let (a, b) = chunk.as_slices();
+            for part in [a, b] {
+                let drop = to_drop.clamp(0, (part.len() / ch) as i64) as usize;
+                to_drop -= drop as i64;
+                let mut keep = &part[drop * ch..];
+                if let Some(limit) = self.limit {
+                    let room = limit.saturating_sub(frames) as usize;
+                    keep = &keep[..keep.len().min(room * ch)];
+                }
+                self.sink.write(keep)?;
+                frames += (keep.len() / ch) as u64;
+                since_checkpoint += (keep.len() / ch) as u64;
+            }
+            chunk.commit_all();
+            written.store(frames, Ordering::Relaxed);
+            if since_checkpoint >= every {
+                self.sink.checkpoint()?;
+                since_checkpoint = 0;
+            }
+            if self.limit.is_some_and(|l| frames >= l) {
+                full.store(true, Ordering::Release);
+                break;
+            }
+        }
+        let skipped = skip.unwrap_or(0);
+        let samples = self.sink.finish()?;
+        Ok(DiskReport {
+            frames,
+            skipped,
+            samples,
+        })
+    }
+}

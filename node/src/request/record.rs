@@ -1,0 +1,650 @@
+//! `record`, `play`, `calibrate`, `recover` and `stop`: the requests that
+//! run the audio engine. The engine runs without the request context
+//! (a node keeps syncing while you record); the context is taken only to
+//! prepare and to commit the take. A take streams to
+//! `<data-dir>/takes/<id>.wav` under a `recordings` row, so after a crash
+//! `recover` (run before the next command) turns it into a clip.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use meshstudio_codec::{AudioReader, Observer, encode_flac};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::bounce::SongAudio;
+use super::imports::{self, NewClip};
+use super::{Context, RequestError, Result, resolve, song_frames, writable};
+use crate::audio::calibrate::{self, SignalFeed};
+use crate::audio::click::Click;
+use crate::audio::engine::{self, Feed, Outcome, Port, Session, TakePlan};
+use crate::audio::mixdown::{MixError, OpenClip, Player};
+use crate::audio::render::{CHANNELS, db_to_gain};
+use crate::audio::take::{Align, MemTake, WavTake};
+use crate::project::ProjectView;
+
+/// Where in-progress takes live, inside the data dir.
+pub const TAKES_DIR: &str = "takes";
+/// Settings: the click's level (dB) and each device pair's calibration.
+pub const CLICK_LEVEL_KEY: &str = "click-level-db";
+const DEFAULT_CLICK_DB: f64 = -10.0;
+const CALIBRATION_PREFIX: &str = "calibration:";
+/// Longest take: as long as the longest stem we accept.
+const MAX_TAKE_SECONDS: f64 = 6.0 * 3600.0;
+/// Count-ins longer than this are typos.
+const MAX_COUNT_IN_BARS: u32 = 16;
+/// Device buffers we ask for, in frames.
+const BUFFER_RANGE: std::ops::RangeInclusive<u32> = 16..=8192;
+/// Threads reading stems for live playback.
+const PLAY_THREADS: usize = 2;
+
+/// One engine session at a time per process: the node owns the devices.
+static BUSY: AtomicBool = AtomicBool::new(false);
+/// `meshstudio stop` asks the running session to end.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RecordArgs {
+    pub project: String,
+    pub track: Option<String>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub click_output: Option<String>,
+    pub seconds: Option<f64>,
+    pub at_seconds: f64,
+    pub click: bool,
+    pub count_in_bars: u32,
+    pub monitor: bool,
+    pub overdub: bool,
+    pub buffer_frames: Option<u32>,
+    pub fast: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlayArgs {
+    pub project: String,
+    pub from_seconds: f64,
+    pub to_seconds: Option<f64>,
+    pub output: Option<String>,
+    pub buffer_frames: Option<u32>,
+    pub fast: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CalibrateArgs {
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub buffer_frames: Option<u32>,
+}
+
+/// What a `recordings` row keeps about a take in progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TakeRow {
+    project: String,
+    track: Option<String>,
+    at: i64,
+    file: String,
+    started_ms: i64,
+}
+
+/// Access to the request context, for work that must not hold it throughout.
+pub trait WithContext {
+    fn with<R>(&self, f: impl FnOnce(&mut Context) -> R) -> R;
+}
+
+impl WithContext for std::sync::Mutex<Context> {
+    fn with<R>(&self, f: impl FnOnce(&mut Context) -> R) -> R {
+        f(&mut self.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The context held for the whole request (the CLI without a node).
+pub struct Held<'a>(pub std::cell::RefCell<&'a mut Context>);
+
+impl WithContext for Held<'_> {
+    fn with<R>(&self, f: impl FnOnce(&mut Context) -> R) -> R {
+        f(&mut self.0.borrow_mut())
+    }
+}
+
+/// Claims the engine for one session; dropped = released.
+struct Claim;
+
+impl Claim {
+    fn take() -> Result<Claim> {
+        if BUSY.swap(true, Ordering::AcqRel) {
+            return Err(RequestError::Invalid(
+                "already recording or playing; end that first (`meshstudio stop`)".into(),
+            ));
+        }
+        STOP.store(false, Ordering::Release);
+        Ok(Claim)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        BUSY.store(false, Ordering::Release);
+    }
+}
+
+/// Ends the session running in this process; false if none runs.
+pub fn stop() -> bool {
+    let running = BUSY.load(Ordering::Acquire);
+    if running {
+        STOP.store(true, Ordering::Release);
+    }
+    running
+}
+
+/// The caller's observer, also stopped by `meshstudio stop`.
+struct Stoppable<'a>(&'a dyn Observer);
+
+impl Observer for Stoppable<'_> {
+    fn total(&self, frames: Option<u64>) {
+        self.0.total(frames);
+    }
+    fn advance(&self, frames: u64) {
+        self.0.advance(frames);
+    }
+    fn cancelled(&self) -> bool {
+        self.0.cancelled() || STOP.load(Ordering::Acquire)
+    }
+}
+
+/// Progress without cancellation: committing a take always finishes.
+struct Uncancellable<'a>(&'a dyn Observer);
+
+impl Observer for Uncancellable<'_> {
+    fn total(&self, frames: Option<u64>) {
+        self.0.total(frames);
+    }
+    fn advance(&self, frames: u64) {
+        self.0.advance(frames);
+    }
+}
+
+fn invalid(text: impl Into<String>) -> RequestError {
+    RequestError::Invalid(text.into())
+}
+
+fn engine_err(e: engine::EngineError) -> RequestError {
+    invalid(e.to_string())
+}
+
+fn check_buffer(buffer: Option<u32>) -> Result<()> {
+    match buffer {
+        Some(b) if !BUFFER_RANGE.contains(&b) => Err(invalid(format!(
+            "--buffer {b}: choose {} to {} frames",
+            BUFFER_RANGE.start(),
+            BUFFER_RANGE.end()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A path port made absolute relative to nothing: requests carry absolute paths.
+fn port(text: Option<&str>) -> Port {
+    Port::parse(text)
+}
+
+/// The song (and click) as the engine's output feed.
+struct SongFeed<'a> {
+    player: Option<Player<'a>>,
+    /// Timeline frame of output frame 0 (negative during a count-in).
+    start: i64,
+    click: Option<Click>,
+    /// Keep playing silence (and clicks) after the song ends: recording.
+    endless: bool,
+}
+
+impl Feed for SongFeed<'_> {
+    fn fill(
+        &mut self,
+        frame: u64,
+        main: &mut [f32],
+        click: Option<&mut [f32]>,
+    ) -> std::result::Result<usize, String> {
+        let pos = self.start + frame as i64;
+        let frames = main.len() / CHANNELS;
+        let lead = (-pos).clamp(0, frames as i64) as usize;
+        let mut done = lead;
+        let mut ended = self.player.is_none();
+        if let Some(player) = &mut self.player {
+            while done < frames {
+                let n = player
+                    .next_block(&mut main[done * CHANNELS..])
+                    .map_err(|e| e.to_string())?;
+                if n == 0 {
+                    ended = true;
+                    break;
+                }
+                done += n;
+            }
+        }
+        if let Some(c) = &self.click {
+            c.add(pos, click.unwrap_or(main));
+        }
+        Ok(if self.endless || !ended { frames } else { done })
+    }
+}
+
+/// `record`: captures a take and adds it as a clip.
+pub fn record(cx: &impl WithContext, args: &RecordArgs, obs: &dyn Observer) -> Result<Value> {
+    check_buffer(args.buffer_frames)?;
+    if args.count_in_bars > MAX_COUNT_IN_BARS {
+        return Err(invalid(format!(
+            "--count-in: at most {MAX_COUNT_IN_BARS} bars"
+        )));
+    }
+    if let Some(s) = args
+        .seconds
+        .filter(|s| !(s.is_finite() && *s > 0.0 && *s <= MAX_TAKE_SECONDS))
+    {
+        return Err(invalid(format!(
+            "--seconds {s}: give 0 to {MAX_TAKE_SECONDS} s"
+        )));
+    }
+    let at = song_frames(args.at_seconds, "--at")?;
+    let _claim = Claim::take()?;
+    let prep = cx.with(|ctx| prepare_take(ctx, args, at))?;
+    let player_open = |t: usize, c: usize| prep.song.as_ref().expect("song loaded").open(t, c);
+    let open: &OpenClip = &player_open;
+    let outcome = run_take(&prep, args, at, open, obs);
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            cx.with(|ctx| discard_take(ctx, &prep.id));
+            return Err(e);
+        }
+    };
+    let saved = cx.with(|ctx| commit_take(ctx, &prep.id, &Uncancellable(obs)))?;
+    let Some(mut reply) = saved else {
+        let why = outcome.error.unwrap_or_else(|| "no audio arrived".into());
+        return Err(invalid(format!("nothing was recorded: {why}")));
+    };
+    reply["engine"] = serde_json::to_value(&outcome).expect("outcomes serialize");
+    if let Some(e) = &outcome.error {
+        return Err(invalid(format!(
+            "{e} — the take so far ({:.1} s) is saved as clip {} on track {:?}",
+            reply["seconds"].as_f64().unwrap_or(0.0),
+            reply["clip"].as_str().unwrap_or("?"),
+            reply["track_name"].as_str().unwrap_or("?"),
+        )));
+    }
+    Ok(reply)
+}
+
+/// What recording needs from the context, gathered before the devices open.
+struct Prepared {
+    id: String,
+    path: PathBuf,
+    song: Option<SongAudio>,
+    click: Click,
+    wants_click: bool,
+    residual_seconds: f64,
+}
+
+fn prepare_take(ctx: &mut Context, args: &RecordArgs, at: i64) -> Result<Prepared> {
+    let p = writable(ctx, &args.project)?;
+    let view = ProjectView::of(&p);
+    let level_db = ctx
+        .store()?
+        .setting(CLICK_LEVEL_KEY)?
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(DEFAULT_CLICK_DB);
+    let click = Click::new(view.tempo, view.beats_per_bar, db_to_gain(level_db as f32));
+    let song = if args.overdub {
+        Some(SongAudio::load(ctx, &view)?)
+    } else {
+        None
+    };
+    let residual_seconds = calibration(ctx, args.input.as_deref(), args.output.as_deref())?
+        .map_or(0.0, |c| c.residual_ms / 1000.0);
+    let id = uuid::Uuid::new_v4().to_string();
+    let dir = ctx.data_dir().join(TAKES_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(format!("{id}.wav"));
+    let row = TakeRow {
+        project: p.id.clone(),
+        track: args.track.clone(),
+        at,
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        started_ms: super::now_ms(),
+    };
+    let bytes = serde_json::to_vec(&row).expect("rows serialize");
+    ctx.store()?.write(|w| w.put_recording(&id, &bytes))?;
+    Ok(Prepared {
+        id,
+        path,
+        song,
+        click,
+        wants_click: args.click || args.count_in_bars > 0,
+        residual_seconds,
+    })
+}
+
+fn run_take(
+    prep: &Prepared,
+    args: &RecordArgs,
+    at: i64,
+    open: &OpenClip,
+    obs: &dyn Observer,
+) -> Result<Outcome> {
+    let lead = prep.click.bars_frames(args.count_in_bars);
+    let start = at - lead;
+    let mut click = prep.click;
+    if !args.click {
+        click = click.until(at);
+    }
+    let plays = args.overdub || prep.wants_click || args.monitor;
+    let feed: Option<Box<dyn Feed + '_>> = if plays {
+        let player = match &prep.song {
+            Some(song) => {
+                let from = start.max(0) as u64;
+                Some(Player::new(&song.mix, open, from..u64::MAX, PLAY_THREADS).map_err(mix_err)?)
+            }
+            None => None,
+        };
+        Some(Box::new(SongFeed {
+            player,
+            start,
+            click: prep.wants_click.then_some(click),
+            endless: true,
+        }))
+    } else {
+        None
+    };
+    let input = port(args.input.as_deref());
+    let output = plays.then(|| port(args.output.as_deref()));
+    let timestamps = input.is_file() == output.as_ref().is_none_or(Port::is_file);
+    let align = if plays {
+        Align::Timeline {
+            lead_seconds: lead as f64 / 48_000.0,
+            residual_seconds: prep.residual_seconds,
+            timestamps,
+        }
+    } else {
+        Align::Start
+    };
+    let path = prep.path.clone();
+    let session = Session {
+        input: Some(input),
+        output,
+        click_output: args.click_output.as_deref().map(|c| port(Some(c))),
+        buffer: args.buffer_frames,
+        fast: args.fast,
+        monitor: args.monitor,
+        feed,
+        take: Some(TakePlan {
+            open: Box::new(move |ch, rate| {
+                Ok(Box::new(WavTake::create(&path, ch, rate)?)
+                    as Box<dyn crate::audio::take::TakeSink>)
+            }),
+            align,
+            seconds: args.seconds,
+        }),
+    };
+    obs.total(args.seconds.map(|s| (s * 48_000.0) as u64));
+    engine::run(session, &Stoppable(obs)).map_err(engine_err)
+}
+
+fn mix_err(e: MixError) -> RequestError {
+    invalid(e.to_string())
+}
+
+/// A take that never started: row and file go.
+fn discard_take(ctx: &mut Context, id: &str) {
+    if let Ok(store) = ctx.store() {
+        let _ = store.write(|w| w.remove_recording(id));
+    }
+    let _ = std::fs::remove_file(ctx.data_dir().join(TAKES_DIR).join(format!("{id}.wav")));
+}
+
+/// Turns the take `id` into a clip: FLAC master and Opus stem into the
+/// blob store, the clip committed, then the row and file removed. `None`
+/// if the take holds no audio (row and file removed too).
+fn commit_take(ctx: &mut Context, id: &str, obs: &dyn Observer) -> Result<Option<Value>> {
+    let rows = ctx.store()?.recordings()?;
+    let Some((_, bytes)) = rows.into_iter().find(|(k, _)| k == id) else {
+        return Err(invalid(format!("take {id} is not in progress")));
+    };
+    let row: TakeRow = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(format!("take {id}: damaged record: {e}")))?;
+    let path = ctx
+        .data_dir()
+        .join(TAKES_DIR)
+        .join(Path::new(&row.file).file_name().unwrap_or_default());
+    let frames = AudioReader::open(&path)
+        .ok()
+        .and_then(|r| r.info().frames)
+        .unwrap_or(0);
+    if frames == 0 {
+        discard_take(ctx, id);
+        return Ok(None);
+    }
+    let master = store_master(ctx, &path, obs)?;
+    let p = resolve::project(ctx.store()?, &row.project)?;
+    let name = row.track.clone().unwrap_or_else(|| "Take".into());
+    let clip = imports::encode_and_add(
+        ctx,
+        &p,
+        &path,
+        NewClip {
+            track: &name,
+            reuse: row.track.is_some(),
+            start: row.at,
+            source: format!("take {}", &id[..8]),
+            master: Some(master),
+        },
+        obs,
+    )?;
+    discard_take(ctx, id);
+    Ok(Some(json!({
+        "project": p.id,
+        "track": clip.track,
+        "track_name": name,
+        "clip": clip.clip,
+        "blob": clip.blob,
+        "master": master.to_hex().to_string(),
+        "start": row.at,
+        "length": clip.frames,
+        "seconds": clip.frames as f64 / 48_000.0,
+    })))
+}
+
+/// Encodes the take to FLAC and adds it to the blob store.
+fn store_master(
+    ctx: &mut Context,
+    take: &Path,
+    obs: &dyn Observer,
+) -> Result<meshstudio_store::Hash> {
+    let fail = |e: String| invalid(format!("cannot store the take's master: {e}"));
+    let reader = AudioReader::open(take).map_err(|e| fail(e.to_string()))?;
+    let dir = ctx.data_dir().join("tmp");
+    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    let temp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| fail(e.to_string()))?;
+    let out = std::io::BufWriter::new(temp.as_file());
+    let (out, _) = encode_flac(reader, out, obs).map_err(|e| fail(e.to_string()))?;
+    out.into_inner()
+        .map_err(|e| fail(e.to_string()))?
+        .sync_all()
+        .map_err(|e| fail(e.to_string()))?;
+    ctx.import_blob(temp.path())
+}
+
+/// Restores every take a crashed process left behind; one line per take.
+pub fn recover(ctx: &mut Context) -> Result<Vec<Value>> {
+    let mut restored = Vec::new();
+    for (id, _) in ctx.store()?.recordings()? {
+        match commit_take(ctx, &id, &meshstudio_codec::Quiet) {
+            Ok(Some(reply)) => restored.push(reply),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(take = %id, error = %e, "cannot recover take");
+                return Err(invalid(format!("cannot recover take {id}: {e}")));
+            }
+        }
+    }
+    Ok(restored)
+}
+
+/// "recovered an interrupted take: …" for one recovered take.
+pub fn recovered_line(t: &Value) -> String {
+    format!(
+        "recovered an interrupted take: {:.1} s on track {:?} at {:.1} s (clip {})",
+        t["seconds"].as_f64().unwrap_or(0.0),
+        t["track_name"].as_str().unwrap_or("?"),
+        t["start"].as_f64().unwrap_or(0.0) / 48_000.0,
+        t["clip"].as_str().unwrap_or("?"),
+    )
+}
+
+/// Whether takes wait to be recovered (cheap: one read transaction).
+pub fn pending(ctx: &mut Context) -> bool {
+    ctx.store()
+        .ok()
+        .and_then(|s| s.recordings().ok())
+        .is_some_and(|r| !r.is_empty())
+}
+
+/// `play`: the song through the output, from `--from` to `--to`.
+pub fn play(cx: &impl WithContext, args: &PlayArgs, obs: &dyn Observer) -> Result<Value> {
+    check_buffer(args.buffer_frames)?;
+    let from = song_frames(args.from_seconds, "--from")? as u64;
+    let to = match args.to_seconds {
+        Some(t) => song_frames(t, "--to")? as u64,
+        None => u64::MAX,
+    };
+    if to <= from {
+        return Err(invalid("--to must come after --from"));
+    }
+    let _claim = Claim::take()?;
+    let (song, id) = cx.with(|ctx| -> Result<_> {
+        let view = ProjectView::of(&resolve::project(ctx.store()?, &args.project)?);
+        Ok((SongAudio::load(ctx, &view)?, view.id))
+    })?;
+    let open_clip = |t: usize, c: usize| song.open(t, c);
+    let open: &OpenClip = &open_clip;
+    let player = Player::new(&song.mix, open, from..to, PLAY_THREADS).map_err(mix_err)?;
+    let end = crate::audio::mixdown::song_frames(&song.mix).min(to);
+    obs.total(Some(end.saturating_sub(from)));
+    let session = Session {
+        input: None,
+        output: Some(port(args.output.as_deref())),
+        click_output: None,
+        buffer: args.buffer_frames,
+        fast: args.fast,
+        monitor: false,
+        feed: Some(Box::new(SongFeed {
+            player: Some(player),
+            start: from as i64,
+            click: None,
+            endless: false,
+        })),
+        take: None,
+    };
+    let outcome = engine::run(session, &Stoppable(obs)).map_err(engine_err)?;
+    if let Some(e) = outcome.error {
+        return Err(invalid(e));
+    }
+    Ok(json!({
+        "project": id,
+        "from": from,
+        "frames": outcome.played_frames.min(end.saturating_sub(from)),
+        "output": outcome.output,
+        "stopped": outcome.stopped,
+        "xruns": outcome.xruns,
+        "underrun_frames": outcome.underrun_frames,
+        "output_latency_ms": outcome.output_latency_ms,
+    }))
+}
+
+/// A device pair's stored calibration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Calibration {
+    residual_ms: f64,
+    round_trip_ms: Option<f64>,
+    spread_ms: f64,
+}
+
+fn calibration_key(input: Option<&str>, output: Option<&str>) -> String {
+    format!(
+        "{CALIBRATION_PREFIX}{}|{}",
+        input.unwrap_or("default"),
+        output.unwrap_or("default")
+    )
+}
+
+fn calibration(
+    ctx: &mut Context,
+    input: Option<&str>,
+    output: Option<&str>,
+) -> Result<Option<Calibration>> {
+    let key = calibration_key(input, output);
+    Ok(ctx
+        .store()?
+        .setting(&key)?
+        .and_then(|v| serde_json::from_str(&v).ok()))
+}
+
+/// `calibrate`: measures the loop from output to input and stores it.
+pub fn calibrate(cx: &impl WithContext, args: &CalibrateArgs, obs: &dyn Observer) -> Result<Value> {
+    check_buffer(args.buffer_frames)?;
+    let _claim = Claim::take()?;
+    cx.with(|ctx| ctx.store().map(|_| ()))?;
+    let session = Session {
+        input: Some(port(args.input.as_deref())),
+        output: Some(port(args.output.as_deref())),
+        click_output: None,
+        buffer: args.buffer_frames,
+        fast: false,
+        monitor: false,
+        feed: Some(Box::new(SignalFeed::new())),
+        take: Some(TakePlan {
+            open: Box::new(|_, _| {
+                Ok(Box::new(MemTake::default()) as Box<dyn crate::audio::take::TakeSink>)
+            }),
+            align: Align::Start,
+            seconds: Some(calibrate::capture_seconds()),
+        }),
+    };
+    let outcome = engine::run(session, &Stoppable(obs)).map_err(engine_err)?;
+    if let Some(e) = outcome.error {
+        return Err(invalid(e));
+    }
+    if outcome.stopped {
+        return Err(RequestError::Cancelled);
+    }
+    let offset = outcome.stream_offset_seconds.unwrap_or(0.0);
+    let m = calibrate::measure(
+        &outcome.samples,
+        outcome.take_channels,
+        outcome.take_rate,
+        offset,
+    )
+    .map_err(invalid)?;
+    let devices = outcome.input_latency_ms.zip(outcome.output_latency_ms);
+    let cal = Calibration {
+        residual_ms: m.residual_seconds * 1000.0,
+        round_trip_ms: devices.map(|(i, o)| i + o + m.residual_seconds * 1000.0),
+        spread_ms: m.spread_seconds * 1000.0,
+    };
+    let key = calibration_key(args.input.as_deref(), args.output.as_deref());
+    let text = serde_json::to_string(&cal).expect("json");
+    cx.with(|ctx| -> Result<()> { Ok(ctx.store()?.write(|w| w.set_setting(&key, &text))?) })?;
+    Ok(json!({
+        "input": outcome.input,
+        "output": outcome.output,
+        "round_trip_ms": cal.round_trip_ms,
+        "residual_ms": cal.residual_ms,
+        "spread_ms": cal.spread_ms,
+        "bursts_found": m.found,
+        "input_latency_ms": outcome.input_latency_ms,
+        "output_latency_ms": outcome.output_latency_ms,
+        "xruns": outcome.xruns,
+    }))
+}
