@@ -15,8 +15,8 @@ mod files;
 pub mod rt;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meshstudio_codec::Observer;
@@ -170,7 +170,7 @@ struct Sides {
 pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, EngineError> {
     let sides = open_sides(&session)?;
     let shared = Arc::new(Shared::default());
-    let errors: ErrorSlot = Arc::new(Mutex::new(None));
+    let errors: ErrorSlot = Arc::default();
     let stop = AtomicBool::new(false);
     let full = AtomicBool::new(false);
     let written = AtomicU64::new(0);
@@ -207,10 +207,11 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
     });
     let playbacks: Vec<Playback> = out_rx
         .into_iter()
-        .map(|ring| Playback {
+        .zip(&sides.outputs)
+        .map(|(ring, side)| Playback {
             ring,
             monitor: None,
-            device_channels: CHANNELS,
+            device_channels: side.channels(),
             shared: shared.clone(),
         })
         .collect();
@@ -253,6 +254,7 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
             let (shared, stop, fed) = (&shared, &stop, &fed);
             scope.spawn(move || feed_loop(f, out_tx, shared, stop, fed))
         });
+        prefill(&shared, &fed);
         let started = start_streams(
             scope,
             &sides,
@@ -292,6 +294,22 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
     })?;
     fill_counters(&mut outcome, &shared, &sides);
     Ok(outcome)
+}
+
+/// How long the output may wait for the feeder's first blocks.
+const PREFILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames fed before the output starts: the first callbacks find audio.
+const PREFILL_FRAMES: u64 = (OUTPUT_RING_FRAMES / 2) as u64;
+
+/// Waits until the feeder has queued the first blocks (or has ended).
+fn prefill(shared: &Shared, fed: &AtomicU64) {
+    let started = Instant::now();
+    while fed.load(Ordering::Acquire) < PREFILL_FRAMES
+        && !shared.feeder_done.load(Ordering::Acquire)
+        && started.elapsed() < PREFILL_TIMEOUT
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn split<T>(
@@ -399,10 +417,8 @@ fn start_streams<'scope>(
         let rate = sides.in_rate;
         let errors = errors.clone();
         scope.spawn(move || {
-            if let Err(e) = files::clock(file_in, file_outs, rate, clock, shared, stop)
-                && let Ok(mut slot) = errors.lock()
-            {
-                slot.get_or_insert(e);
+            if let Err(e) = files::clock(file_in, file_outs, rate, clock, shared, stop) {
+                errors.set_fatal(e);
             }
         });
     }
@@ -475,7 +491,7 @@ fn watch(
         if observer.cancelled() {
             return end(true, None);
         }
-        if let Some(e) = errors.lock().ok().and_then(|mut e| e.take()) {
+        if let Some(e) = errors.take_fatal() {
             return end(false, Some(e));
         }
         if full.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
@@ -497,7 +513,10 @@ fn watch(
             let limit = if in_frames == 0 { START_TIMEOUT } else { STALL };
             if last_in.1.elapsed() > limit && started.elapsed() > limit {
                 let name = sides.input_label.clone().unwrap_or_default();
-                return end(false, Some(device::explain(&name, &"no audio arrives")));
+                let why = errors
+                    .last()
+                    .unwrap_or_else(|| device::explain(&name, &"no audio arrives"));
+                return end(false, Some(why));
             }
         }
         // Playing only: done once everything fed has been played (and heard).

@@ -5,9 +5,11 @@
 use std::sync::{Arc, Mutex};
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
-use cpal::{BufferSize, Device, SampleFormat, Stream, StreamConfig, SupportedStreamConfig};
+use cpal::{
+    BufferSize, Device, ErrorKind, SampleFormat, Stream, StreamConfig, SupportedStreamConfig,
+};
 
-use super::rt::{Capture, Playback};
+use super::rt::{Capture, Playback, Shared};
 
 /// The rate everything is stored and mixed at.
 pub const ENGINE_RATE: u32 = 48_000;
@@ -69,7 +71,15 @@ pub fn choose(
         .iter()
         .filter(|r| usable(r.sample_format()))
         .filter_map(|r| r.try_with_sample_rate(ENGINE_RATE))
-        .max_by_key(|c| (c.sample_format() == SampleFormat::F32, c.channels().min(2)));
+        // Stereo first (a sound server offers up to 32 channels), then float.
+        .max_by_key(|c| {
+            let ch = c.channels();
+            (
+                ch == 2,
+                c.sample_format() == SampleFormat::F32,
+                std::cmp::Reverse(ch),
+            )
+        });
     let config: SupportedStreamConfig = match at_48k {
         Some(c) => c,
         None => if input {
@@ -101,17 +111,57 @@ pub fn explain(device: &str, e: &dyn std::fmt::Display) -> String {
     )
 }
 
-/// Where the stream error callback leaves its news (it may allocate: it
-/// is not the audio callback).
-pub type ErrorSlot = Arc<Mutex<Option<String>>>;
+/// What the streams' error callbacks report (they may allocate and lock:
+/// they are not the audio callbacks).
+#[derive(Default)]
+pub struct DeviceNews {
+    /// An error that ends the session (the device is gone).
+    pub fatal: Mutex<Option<String>>,
+    /// The latest error the stream recovered from, to explain a stall.
+    pub last: Mutex<Option<String>>,
+}
 
-fn on_error(slot: &ErrorSlot, name: String) -> impl FnMut(cpal::Error) + Send + 'static {
-    let slot = slot.clone();
-    move |e| {
-        if let Ok(mut first) = slot.lock()
-            && first.is_none()
-        {
-            *first = Some(explain(&name, &e));
+impl DeviceNews {
+    pub fn set_fatal(&self, message: String) {
+        if let Ok(mut slot) = self.fatal.lock() {
+            slot.get_or_insert(message);
+        }
+    }
+
+    pub fn take_fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|mut s| s.take())
+    }
+
+    pub fn last(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+pub type ErrorSlot = Arc<DeviceNews>;
+
+/// Xruns are counted (cpal recovers from them); a device that went away
+/// ends the session; anything else is kept in case the stream stalls.
+fn on_error(
+    slot: &ErrorSlot,
+    shared: &Arc<Shared>,
+    name: String,
+) -> impl FnMut(cpal::Error) + Send + 'static {
+    let (slot, shared) = (slot.clone(), shared.clone());
+    move |e| match e.kind() {
+        ErrorKind::Xrun => {
+            shared
+                .xruns
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ErrorKind::DeviceNotAvailable
+        | ErrorKind::HostUnavailable
+        | ErrorKind::StreamInvalidated => {
+            slot.set_fatal(explain(&name, &e));
+        }
+        _ => {
+            if let Ok(mut last) = slot.last.lock() {
+                *last = Some(explain(&name, &e));
+            }
         }
     }
 }
@@ -132,7 +182,7 @@ pub fn open_input(
     errors: &ErrorSlot,
 ) -> Result<Stream, String> {
     let name = label(device);
-    let err = on_error(errors, name.clone());
+    let err = on_error(errors, &capture.shared, name.clone());
     macro_rules! build {
         ($t:ty) => {
             device.build_input_stream::<$t, _, _>(
@@ -164,7 +214,7 @@ pub fn open_output(
     errors: &ErrorSlot,
 ) -> Result<Stream, String> {
     let name = label(device);
-    let err = on_error(errors, name.clone());
+    let err = on_error(errors, &playback.shared, name.clone());
     macro_rules! build {
         ($t:ty) => {
             device.build_output_stream::<$t, _, _>(

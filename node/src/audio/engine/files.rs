@@ -34,13 +34,23 @@ impl<D> Or<D> {
     }
 }
 
+impl Or<DeviceSide> {
+    /// Channels per frame on this side (files are written stereo).
+    pub fn channels(&self) -> usize {
+        match self {
+            Or::Device((_, config, _)) => usize::from(config.channels),
+            Or::File(_) => CHANNELS,
+        }
+    }
+}
+
 /// A file side; the clock thread takes what it needs out of the mutex.
 pub struct FileSide {
     path: PathBuf,
     reader: Mutex<Option<AudioReader>>,
 }
 
-type DeviceSide = (cpal::Device, cpal::StreamConfig, cpal::SampleFormat);
+pub type DeviceSide = (cpal::Device, cpal::StreamConfig, cpal::SampleFormat);
 
 /// Opens the input: (side, label, channels, rate).
 pub fn open_input(
