@@ -15,6 +15,8 @@ pub struct Studio {
     pub node: Option<crate::node::Node>,
     /// The network namespace the node and the commands run in, if not the test's.
     pub netns: Option<String>,
+    /// Extra environment for every command (an audio test's own sink).
+    pub env: Vec<(String, String)>,
 }
 
 impl Studio {
@@ -24,6 +26,7 @@ impl Studio {
             dir: tempdir(),
             node: None,
             netns: None,
+            env: Vec::new(),
         };
         studio.ok(&["init", "--site", "Test Site"]);
         studio
@@ -50,13 +53,18 @@ impl Studio {
         self.node = Some(node);
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
-        meshstudio_in(self.netns.as_deref())
-            .arg("--data-dir")
+    /// `meshstudio --data-dir <this> args...`, not started.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = meshstudio_in(self.netns.as_deref());
+        cmd.arg("--data-dir")
             .arg(self.dir.path())
             .args(args)
-            .output()
-            .unwrap()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     pub fn ok(&self, args: &[&str]) -> String {

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod audio;
 mod codec_cli;
 mod codec_errors;
 mod crash;

@@ -213,6 +213,7 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
             monitor: None,
             device_channels: side.channels(),
             shared: shared.clone(),
+            debt: 0,
         })
         .collect();
     let mut playbacks = playbacks;
@@ -270,7 +271,8 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
                 let watched = watch(&sides, &shared, &errors, &stop, &full, &fed, observer);
                 outcome.stopped = watched.stopped;
                 outcome.error = watched.error;
-                drop(streams);
+                stop.store(true, Ordering::Release);
+                close(streams, outcome.error.is_some());
                 Ok(())
             }
             Err(e) => Err(e),
@@ -312,6 +314,19 @@ fn prefill(shared: &Shared, fed: &AtomicU64) {
     }
 }
 
+/// Closes the device streams. After a device failure they are left
+/// open: closing one joins cpal's worker thread, and when the sound
+/// server has died that thread can be stuck for good inside the ALSA
+/// pulse plugin (seen here: a lock libpulse never releases). A leaked
+/// stream of a dead device costs a thread; a hang would lose the take.
+fn close(streams: Vec<cpal::Stream>, device_failed: bool) {
+    if device_failed {
+        std::mem::forget(streams);
+    } else {
+        drop(streams);
+    }
+}
+
 fn split<T>(
     pair: Option<(rtrb::Producer<T>, rtrb::Consumer<T>)>,
 ) -> (Option<rtrb::Producer<T>>, Option<rtrb::Consumer<T>>) {
@@ -336,9 +351,8 @@ fn fill_counters(outcome: &mut Outcome, shared: &Shared, sides: &Sides) {
     if device_out {
         outcome.output_latency_ms = Some(ms(load(&shared.out_latency_ns)));
     }
-    let (c0, p0) = (load(&shared.in_first_ns), load(&shared.out_first_ns));
-    if c0 != 0 && p0 != 0 {
-        outcome.stream_offset_seconds = Some((c0 as f64 - p0 as f64) / 1e9);
+    if device_in && device_out {
+        outcome.stream_offset_seconds = shared.offset_seconds(sides.in_rate);
     }
 }
 

@@ -23,6 +23,10 @@ const IDLE: Duration = Duration::from_millis(5);
 /// take up without them.
 const TIMING_WAIT: Duration = Duration::from_secs(3);
 
+/// Callbacks of each stream to wait for before lining a take up: enough
+/// that the median of their timestamps is steady.
+const ALIGN_MARKS: usize = 24;
+
 /// Where captured samples go.
 pub trait TakeSink: Send {
     fn write(&mut self, samples: &[f32]) -> std::io::Result<()>;
@@ -117,14 +121,12 @@ impl Align {
         else {
             return Some(0);
         };
-        let c0 = shared.in_first_ns.load(Ordering::Acquire);
-        let p0 = shared.out_first_ns.load(Ordering::Acquire);
-        let offset = if !timestamps || waited_out && (c0 == 0 || p0 == 0) {
-            0.0
-        } else if c0 == 0 || p0 == 0 {
-            return None;
-        } else {
-            (c0 as f64 - p0 as f64) / 1e9
+        let settled =
+            shared.in_marks.count() >= ALIGN_MARKS && shared.out_marks.count() >= ALIGN_MARKS;
+        let offset = match (timestamps, settled || waited_out) {
+            (false, _) => 0.0,
+            (true, false) => return None,
+            (true, true) => shared.offset_seconds(rate).unwrap_or(0.0),
         };
         Some(((lead_seconds - offset + residual_seconds) * f64::from(rate)).round() as i64)
     }

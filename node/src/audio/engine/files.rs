@@ -134,9 +134,6 @@ pub fn clock(
         let reader = side.reader.lock().ok()?.take()?;
         Some((reader, cap, Vec::new()))
     });
-    // Both sides start together on the same (fake) clock: no offset.
-    shared.in_first_ns.store(1, Ordering::Release);
-    shared.out_first_ns.store(1, Ordering::Release);
     let started = Instant::now();
     let mut ticks = 0u64;
     let result = loop {
