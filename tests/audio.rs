@@ -75,12 +75,24 @@ impl Sink {
         ]
     }
 
-    /// Plays a file into this sink (a reference player, not ours).
-    fn play(&self, file: &Path) -> Child {
-        Command::new("paplay")
-            .args(["-d", &self.name, s(file)])
-            .spawn()
-            .expect("paplay")
+    /// Plays a file into this sink (a reference player, not ours) until dropped.
+    fn play(&self, file: &Path) -> Playing {
+        Playing(
+            Command::new("paplay")
+                .args(["-d", &self.name, s(file)])
+                .spawn()
+                .expect("paplay"),
+        )
+    }
+}
+
+/// A reference player running; stopped on drop.
+struct Playing(Child);
+
+impl Drop for Playing {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -204,7 +216,7 @@ fn a_tone_played_into_the_sink_is_recorded_from_its_monitor() {
             "0.5",
         ],
     );
-    let mut player = sink.play(&tone);
+    let player = sink.play(&tone);
     let v = s.json(&[
         "record",
         "Song",
@@ -215,7 +227,7 @@ fn a_tone_played_into_the_sink_is_recorded_from_its_monitor() {
         "--buffer",
         "512",
     ]);
-    let _ = player.kill();
+    drop(player);
     assert_eq!(v["engine"]["take_frames"], 96_000, "{v}");
     assert_eq!(v["length"], 96_000, "{v}");
     assert!(v["master"].as_str().is_some_and(|m| m.len() == 64), "{v}");
@@ -349,7 +361,7 @@ fn kill_9_six_seconds_into_a_take_loses_at_most_a_second() {
             "0.5",
         ],
     );
-    let mut player = sink.play(&tone);
+    let player = sink.play(&tone);
     let mut rec = s
         .command(&["record", "Song", "--track", "Vox", "--seconds", "60"])
         .stdout(Stdio::null())
@@ -363,7 +375,7 @@ fn kill_9_six_seconds_into_a_take_loses_at_most_a_second() {
     });
     rec.kill().unwrap(); // SIGKILL
     rec.wait().unwrap();
-    let _ = player.kill();
+    drop(player);
     // The next command restores the take and says so.
     let out = s.run(&["project", "show", "Song", "--json"]);
     assert!(out.status.success());
