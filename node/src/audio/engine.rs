@@ -35,8 +35,10 @@ const TAKE_RING_SECONDS: usize = 4;
 /// Frames the output ring holds ahead of the device: enough to ride out a
 /// slow feeder block, short enough that Ctrl-C stops sound at once.
 const OUTPUT_RING_FRAMES: usize = 16_384;
-/// Frames the feeder renders at a time.
+/// Frames the feeder renders at a time: the device buffer size when one
+/// is asked for (so render() runs in the blocks the device takes), within these.
 const FEED_FRAMES: usize = 1024;
+const MIN_FEED_FRAMES: usize = 64;
 /// Frames the monitor ring holds (it drops the surplus anyway).
 const MONITOR_RING_FRAMES: usize = 4096;
 /// A device that delivers nothing for this long has failed.
@@ -251,9 +253,12 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
     };
     std::thread::scope(|scope| -> Result<(), EngineError> {
         let disk_thread = disk.map(|d| scope.spawn(|| d.run(&shared, &stop, &full, &written)));
+        let block = buffer.map_or(FEED_FRAMES, |b| {
+            (b as usize).clamp(MIN_FEED_FRAMES, FEED_FRAMES)
+        });
         let feeder = feed.map(|f| {
             let (shared, stop, fed) = (&shared, &stop, &fed);
-            scope.spawn(move || feed_loop(f, out_tx, shared, stop, fed))
+            scope.spawn(move || feed_loop(f, block, out_tx, shared, stop, fed))
         });
         prefill(&shared, &fed);
         let started = start_streams(
@@ -442,13 +447,14 @@ fn start_streams<'scope>(
 /// Renders the feed into the output rings until it ends or `stop`.
 fn feed_loop(
     mut feed: Box<dyn Feed + '_>,
+    block: usize,
     mut rings: Vec<rtrb::Producer<f32>>,
     shared: &Shared,
     stop: &AtomicBool,
     fed: &AtomicU64,
 ) -> Result<(), String> {
-    let mut main = vec![0.0; FEED_FRAMES * CHANNELS];
-    let mut click = vec![0.0; FEED_FRAMES * CHANNELS];
+    let mut main = vec![0.0; block * CHANNELS];
+    let mut click = vec![0.0; block * CHANNELS];
     let mut frame = 0u64;
     let result = loop {
         if stop.load(Ordering::Acquire) {
@@ -462,7 +468,7 @@ fn feed_loop(
         click.fill(0.0);
         let separate = (rings.len() > 1).then_some(&mut click[..]);
         let frames = match feed.fill(frame, &mut main, separate) {
-            Ok(frames) => frames.min(FEED_FRAMES),
+            Ok(frames) => frames.min(block),
             Err(e) => break Err(e),
         };
         for (ring, block) in rings.iter_mut().zip([&main, &click]) {
@@ -470,7 +476,7 @@ fn feed_loop(
         }
         frame += frames as u64;
         fed.store(frame, Ordering::Release);
-        if frames < FEED_FRAMES {
+        if frames < block {
             break Ok(());
         }
     };
