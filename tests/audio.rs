@@ -616,6 +616,9 @@ fn bad_engine_arguments_fail_with_one_clear_line_and_leave_nothing() {
         err.contains("nosuchdevice") && err.contains("meshstudio devices"),
         "{err}"
     );
+    let err = s.fails(&["config", "set", "click-level-db", "6"]);
+    assert!(err.contains("-60 to 0"), "{err}");
+    s.ok(&["config", "set", "click-level-db", "-20"]);
     let err = s.fails(&["stop"]);
     assert!(err.contains("nothing is recording"), "{err}");
     assert_eq!(listing(&s.path().join("takes")), Vec::<String>::new());
@@ -662,8 +665,15 @@ fn a_node_records_from_a_file_and_stop_ends_the_take() {
     wait_until(Duration::from_secs(20), "a second of take", || {
         take_bytes(s.path()) >= 48_000 * 4
     });
-    // Recording does not hold the node: other commands answer meanwhile.
+    // Recording does not hold the node: other commands answer meanwhile,
+    // and its status shows the take's progress and xruns.
     s.show("Song");
+    let status = s.json(&["status"]);
+    assert!(
+        status["audio"]["input_frames"].as_u64().unwrap() >= 48_000,
+        "{status}"
+    );
+    assert_eq!(status["audio"]["xruns"], 0, "{status}");
     let stop = s.json(&["stop"]);
     assert_eq!(stop["stopped"], true, "{stop}");
     let out = rec.wait_with_output().unwrap();

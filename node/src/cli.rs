@@ -343,7 +343,9 @@ fn port_arg(text: Option<String>) -> Option<String> {
 enum ConfigCmd {
     /// Set KEY to VALUE. Keys: author (who is at the laptop), site (this
     /// studio's name), stem-bitrate (kbit/s of imported stems, 32–512;
-    /// default 128 stereo / 96 mono).
+    /// default 128 stereo / 96 mono), click-level-db (the metronome's
+    /// level, -60..0; default -10).
+    #[command(allow_negative_numbers = true)]
     Set { key: String, value: String },
 }
 

@@ -203,7 +203,9 @@ pub enum RequestError {
 pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 
 /// Settings `config set` accepts.
-const CONFIG_KEYS: &[&str] = &["author", "site", STEM_BITRATE_KEY];
+const CONFIG_KEYS: &[&str] = &["author", "site", STEM_BITRATE_KEY, record::CLICK_LEVEL_KEY];
+/// Click levels we accept (dB full scale).
+const CLICK_LEVEL_RANGE_DB: std::ops::RangeInclusive<f64> = -60.0..=0.0;
 /// Setting: the bitrate imports encode stems at (kbit/s).
 pub const STEM_BITRATE_KEY: &str = "stem-bitrate";
 /// Pan is a position between hard left (-1) and hard right (1).
@@ -326,6 +328,15 @@ fn config_set(ctx: &mut Context, key: &str, value: &str) -> Result<Value> {
     if key == STEM_BITRATE_KEY {
         meshstudio_codec::limits::parse_bitrate_kbps(value)
             .map_err(|e| RequestError::Invalid(format!("{key}: {e}")))?;
+    }
+    if key == record::CLICK_LEVEL_KEY
+        && !value
+            .parse::<f64>()
+            .is_ok_and(|db| CLICK_LEVEL_RANGE_DB.contains(&db))
+    {
+        return Err(RequestError::Invalid(format!(
+            "{key}: give a level in dB from -60 to 0, not {value:?}"
+        )));
     }
     ctx.store()?.write(|w| w.set_setting(key, value))?;
     Ok(json!({ "key": key, "value": value }))

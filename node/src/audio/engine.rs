@@ -167,11 +167,48 @@ struct Sides {
     in_rate: u32,
 }
 
+/// The running session's counters, for the node's status (one session per process).
+static CURRENT: std::sync::Mutex<Option<Arc<Shared>>> = std::sync::Mutex::new(None);
+
+/// What the session running now has done so far, if one runs.
+pub fn current() -> Option<serde_json::Value> {
+    let shared = CURRENT.lock().ok()?.clone()?;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Some(serde_json::json!({
+        "input_frames": load(&shared.in_frames),
+        "output_frames": load(&shared.out_frames),
+        "xruns": load(&shared.xruns),
+        "overrun_frames": load(&shared.overrun_frames),
+        "underrun_frames": load(&shared.underrun_frames),
+    }))
+}
+
+/// Publishes a session's counters while it runs.
+struct Published;
+
+impl Published {
+    fn new(shared: &Arc<Shared>) -> Published {
+        if let Ok(mut slot) = CURRENT.lock() {
+            *slot = Some(shared.clone());
+        }
+        Published
+    }
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = CURRENT.lock() {
+            *slot = None;
+        }
+    }
+}
+
 /// Runs a session until its end; `observer.cancelled()` stops it as the
 /// user's Ctrl-C: gracefully, keeping the take.
 pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, EngineError> {
     let sides = open_sides(&session)?;
     let shared = Arc::new(Shared::default());
+    let _published = Published::new(&shared);
     let errors: ErrorSlot = Arc::default();
     let stop = AtomicBool::new(false);
     let full = AtomicBool::new(false);

@@ -129,6 +129,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Json<Value> {
         "busy": projects.is_none(),
         "peers": s.hub.peer_report(),
         "sync": sync,
+        "audio": crate::audio::engine::current(),
     }))
 }
 
