@@ -674,6 +674,8 @@ fn a_node_records_from_a_file_and_stop_ends_the_take() {
         "{status}"
     );
     assert_eq!(status["audio"]["xruns"], 0, "{status}");
+    // The take in progress is not a crash's leftover.
+    assert_eq!(s.json(&["recover"])["recovered"], serde_json::json!([]));
     let stop = s.json(&["stop"]);
     assert_eq!(stop["stopped"], true, "{stop}");
     let out = rec.wait_with_output().unwrap();

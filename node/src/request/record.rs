@@ -42,6 +42,35 @@ const PLAY_THREADS: usize = 2;
 static BUSY: AtomicBool = AtomicBool::new(false);
 /// `meshstudio stop` asks the running session to end.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The take this process is recording: not a crash's leftover, so
+/// `recover` leaves it alone.
+static ACTIVE_TAKE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Marks a take as being recorded here while it lives.
+struct Active;
+
+impl Active {
+    fn mark(id: &str) -> Active {
+        if let Ok(mut slot) = ACTIVE_TAKE.lock() {
+            *slot = Some(id.to_string());
+        }
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = ACTIVE_TAKE.lock() {
+            *slot = None;
+        }
+    }
+}
+
+fn is_active(id: &str) -> bool {
+    ACTIVE_TAKE
+        .lock()
+        .is_ok_and(|slot| slot.as_deref() == Some(id))
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RecordArgs {
@@ -278,6 +307,7 @@ pub fn record(cx: &impl WithContext, args: &RecordArgs, obs: &dyn Observer) -> R
 /// What recording needs from the context, gathered before the devices open.
 struct Prepared {
     id: String,
+    _active: Active,
     path: PathBuf,
     song: Option<SongAudio>,
     click: Click,
@@ -302,6 +332,8 @@ fn prepare_take(ctx: &mut Context, args: &RecordArgs, at: i64) -> Result<Prepare
     let residual_seconds = calibration(ctx, args.input.as_deref(), args.output.as_deref())?
         .map_or(0.0, |c| c.residual_ms / 1000.0);
     let id = uuid::Uuid::new_v4().to_string();
+    // Before the row exists: a `recover` meanwhile must not take it.
+    let active = Active::mark(&id);
     let dir = ctx.data_dir().join(TAKES_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
     let path = dir.join(format!("{id}.wav"));
@@ -319,6 +351,7 @@ fn prepare_take(ctx: &mut Context, args: &RecordArgs, at: i64) -> Result<Prepare
     ctx.store()?.write(|w| w.put_recording(&id, &bytes))?;
     Ok(Prepared {
         id,
+        _active: active,
         path,
         song,
         click,
@@ -479,7 +512,8 @@ fn store_master(
 /// Restores every take a crashed process left behind; one line per take.
 pub fn recover(ctx: &mut Context) -> Result<Vec<Value>> {
     let mut restored = Vec::new();
-    for (id, _) in ctx.store()?.recordings()? {
+    let rows = ctx.store()?.recordings()?;
+    for (id, _) in rows.into_iter().filter(|(id, _)| !is_active(id)) {
         match commit_take(ctx, &id, &meshstudio_codec::Quiet) {
             Ok(Some(reply)) => restored.push(reply),
             Ok(None) => {}
