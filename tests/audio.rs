@@ -619,6 +619,9 @@ fn bad_engine_arguments_fail_with_one_clear_line_and_leave_nothing() {
     let err = s.fails(&["config", "set", "click-level-db", "6"]);
     assert!(err.contains("-60 to 0"), "{err}");
     s.ok(&["config", "set", "click-level-db", "-20"]);
+    // A bare ALSA name is an ALSA device too, not a malformed id.
+    let err = s.fails(&["record", "Song", "--input", "hw:99,0", "--seconds", "1"]);
+    assert!(err.contains("no input device \"hw:99,0\""), "{err}");
     let err = s.fails(&["stop"]);
     assert!(err.contains("nothing is recording"), "{err}");
     assert_eq!(listing(&s.path().join("takes")), Vec::<String>::new());

@@ -38,13 +38,10 @@ pub fn find(id: Option<&str>, input: bool) -> Result<Device, String> {
             format!("no {kind} device: plug one in, or check `meshstudio devices`")
         });
     };
-    let full = if id.contains(':') {
-        id.to_string()
-    } else {
-        format!("alsa:{id}")
-    };
-    let parsed: cpal::DeviceId = full
+    // `alsa:hw:0,0` as `devices` prints it, or the bare ALSA name `hw:0,0`.
+    let parsed: cpal::DeviceId = id
         .parse()
+        .or_else(|_| format!("alsa:{id}").parse())
         .map_err(|e| format!("{kind} device {id:?}: {e}"))?;
     #[cfg(target_os = "linux")]
     let _quiet = alsa::Output::local_error_handler();
