@@ -134,6 +134,10 @@ pub struct Outcome {
     pub xruns: u64,
     pub overrun_frames: u64,
     pub underrun_frames: u64,
+    /// Frames the devices lost in xruns (silence in the take / the song
+    /// skipped ahead, so the timeline holds).
+    pub lost_input_frames: u64,
+    pub lost_output_frames: u64,
     /// The devices' latency estimates (ms), when a device stream ran.
     pub input_latency_ms: Option<f64>,
     pub output_latency_ms: Option<f64>,
@@ -243,6 +247,8 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
         device_channels: sides.in_channels,
         take_channels,
         shared: shared.clone(),
+        rate: sides.in_rate,
+        clock: Default::default(),
     });
     let playbacks: Vec<Playback> = out_rx
         .into_iter()
@@ -253,6 +259,7 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
             device_channels: side.channels(),
             shared: shared.clone(),
             debt: 0,
+            clock: Default::default(),
         })
         .collect();
     let mut playbacks = playbacks;
@@ -384,6 +391,8 @@ fn fill_counters(outcome: &mut Outcome, shared: &Shared, sides: &Sides) {
     outcome.xruns = load(&shared.xruns);
     outcome.overrun_frames = load(&shared.overrun_frames);
     outcome.underrun_frames = load(&shared.underrun_frames);
+    outcome.lost_input_frames = load(&shared.lost_in_frames);
+    outcome.lost_output_frames = load(&shared.lost_out_frames);
     let device_in = matches!(sides.input, Some(files::Or::Device(_)));
     let device_out = matches!(sides.outputs.first(), Some(files::Or::Device(_)));
     let ms = |ns: u64| ns as f64 / 1e6;

@@ -57,20 +57,57 @@ impl Marks {
     /// exist). Measured on PulseAudio: output estimates agree to 0.02 ms,
     /// capture ones saw-tooth over ~3 ms (the server delivers captured
     /// audio in blocks), so one callback's timestamp is not enough.
+    /// Allocation-free: the callbacks use it too (see `DeviceClock`).
     pub fn origin_ns(&self, rate: u32) -> Option<f64> {
         let n = self.count();
         let from = if n > SKIP_MARKS { SKIP_MARKS } else { 0 };
-        let mut origins: Vec<f64> = (from..n)
-            .map(|i| {
-                let ts = self.ts_ns[i].load(Ordering::Relaxed) as f64;
-                let frames = self.frames[i].load(Ordering::Relaxed) as f64;
-                ts - frames * 1e9 / f64::from(rate)
-            })
-            .collect();
-        origins.sort_by(f64::total_cmp);
+        let mut origins = [0.0f64; MARKS];
+        for (slot, i) in origins.iter_mut().zip(from..n) {
+            let ts = self.ts_ns[i].load(Ordering::Relaxed) as f64;
+            let frames = self.frames[i].load(Ordering::Relaxed) as f64;
+            *slot = ts - frames * 1e9 / f64::from(rate);
+        }
+        let origins = &mut origins[..n - from];
+        origins.sort_unstable_by(f64::total_cmp);
         origins.get(origins.len() / 2).copied()
     }
 }
+
+/// Keeps a stream's frame count on its device's clock. Once the stream's
+/// frame-0 time is known (after its first `MARKS` callbacks), a callback
+/// stamped later than its frame count says means the device lost frames
+/// (an xrun: the ALSA stream was restarted); the caller then moves its
+/// count on by that many, so frame n stays timeline frame n and a take
+/// recorded against it still lines up.
+#[derive(Default)]
+pub struct DeviceClock {
+    origin_ns: Option<f64>,
+}
+
+impl DeviceClock {
+    /// Frames lost before a callback stamped `ts_ns` with `before` frames
+    /// counted so far; 0 unless beyond `tolerance` frames (timestamp jitter).
+    fn lost(&mut self, marks: &Marks, rate: u32, ts_ns: u64, before: u64, tolerance: u64) -> u64 {
+        if self.origin_ns.is_none() && marks.count() >= MARKS {
+            self.origin_ns = marks.origin_ns(rate);
+        }
+        let Some(origin) = self.origin_ns else {
+            return 0;
+        };
+        let expected = origin + before as f64 * 1e9 / f64::from(rate);
+        let late = (ts_ns as f64 - expected) * f64::from(rate) / 1e9;
+        if late > tolerance as f64 {
+            late.round() as u64
+        } else {
+            0
+        }
+    }
+}
+
+/// Timestamp jitter tolerated before frames count as lost: capture times
+/// saw-tooth over ~3 ms here, playback times agree to 0.02 ms.
+const CAPTURE_TOLERANCE_MS: u64 = 6;
+const PLAYBACK_TOLERANCE_MS: u64 = 2;
 
 /// What the callbacks tell the rest of the engine, all lock-free.
 #[derive(Default)]
@@ -88,6 +125,9 @@ pub struct Shared {
     pub underrun_frames: AtomicU64,
     /// Callbacks that hit an over- or underrun.
     pub xruns: AtomicU64,
+    /// Frames the devices lost (xruns), made up for to keep the timeline.
+    pub lost_in_frames: AtomicU64,
+    pub lost_out_frames: AtomicU64,
     /// The feeder has nothing more to play: silence after this is no underrun.
     pub feeder_done: AtomicBool,
 }
@@ -111,6 +151,9 @@ pub struct Capture {
     pub device_channels: usize,
     pub take_channels: usize,
     pub shared: Arc<Shared>,
+    /// The device's rate and clock, to notice frames it lost.
+    pub rate: u32,
+    pub clock: DeviceClock,
 }
 
 impl Capture {
@@ -127,10 +170,22 @@ impl Capture {
     {
         let ch = self.device_channels.max(1);
         let frames = data.len() / ch;
-        let before = self
-            .shared
+        let mut before = self.shared.in_frames.load(Ordering::Relaxed);
+        let tolerance = u64::from(self.rate) * CAPTURE_TOLERANCE_MS / 1000;
+        let lost = self.clock.lost(
+            &self.shared.in_marks,
+            self.rate,
+            capture_ns,
+            before,
+            tolerance,
+        );
+        if lost > 0 {
+            self.fill_lost(lost);
+            before += lost;
+        }
+        self.shared
             .in_frames
-            .fetch_add(frames as u64, Ordering::Relaxed);
+            .store(before + frames as u64, Ordering::Relaxed);
         self.shared.in_marks.record(capture_ns, before);
         self.shared
             .in_latency_ns
@@ -161,6 +216,22 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// Silence in the take where the device lost `frames`, so what follows
+    /// stays in its place on the timeline.
+    fn fill_lost(&mut self, frames: u64) {
+        self.shared
+            .lost_in_frames
+            .fetch_add(frames, Ordering::Relaxed);
+        if let Some(take) = &mut self.take {
+            let n = (frames as usize * self.take_channels).min(take.slots());
+            if let Ok(chunk) = take.write_chunk_uninit(n) {
+                chunk.fill_from_iter(std::iter::repeat(0.0));
+            }
+        }
+    }
+}
+
 /// Most monitor frames left waiting, in callbacks' worth: more means the
 /// two devices drifted apart, and the surplus is dropped to keep the
 /// performer's latency low.
@@ -176,6 +247,7 @@ pub struct Playback {
     /// refills, so output frame n stays timeline frame n (a take recorded
     /// against it still lines up; the performer hears a gap, not a slip).
     pub debt: usize,
+    pub clock: DeviceClock,
 }
 
 impl Playback {
@@ -192,10 +264,23 @@ impl Playback {
     {
         let ch = self.device_channels.max(1);
         let frames = data.len() / ch;
-        let before = self
-            .shared
+        let mut before = self.shared.out_frames.load(Ordering::Relaxed);
+        let rate = super::device::ENGINE_RATE;
+        let tolerance = u64::from(rate) * PLAYBACK_TOLERANCE_MS / 1000;
+        let lost = self
+            .clock
+            .lost(&self.shared.out_marks, rate, playback_ns, before, tolerance);
+        if lost > 0 {
+            // The device skipped ahead: so does the song.
+            self.debt += lost as usize;
+            before += lost;
+            self.shared
+                .lost_out_frames
+                .fetch_add(lost, Ordering::Relaxed);
+        }
+        self.shared
             .out_frames
-            .fetch_add(frames as u64, Ordering::Relaxed);
+            .store(before + frames as u64, Ordering::Relaxed);
         self.shared.out_marks.record(playback_ns, before);
         self.shared
             .out_latency_ns
@@ -312,6 +397,8 @@ mod tests {
             device_channels: 3,
             take_channels: 2,
             shared: shared.clone(),
+            rate: 48_000,
+            clock: DeviceClock::default(),
         };
         let data: Vec<f32> = (0..18).map(|i| i as f32).collect(); // 6 frames of 3
         cap.process(&data, 5, 0);
@@ -319,6 +406,34 @@ mod tests {
         assert_eq!(got, [0.0, 1.0, 3.0, 4.0, 6.0, 7.0, 9.0, 10.0]);
         assert_eq!(shared.overrun_frames.load(Ordering::Relaxed), 2);
         assert_eq!(shared.in_marks.origin_ns(48_000), Some(5.0));
+    }
+
+    #[test]
+    fn frames_a_device_lost_become_silence_in_their_place() {
+        let shared = Arc::new(Shared::default());
+        let (tx, mut rx) = rtrb::RingBuffer::new(100_000);
+        let mut cap = Capture {
+            take: Some(tx),
+            monitor: None,
+            device_channels: 1,
+            take_channels: 1,
+            shared: shared.clone(),
+            rate: 48_000,
+            clock: DeviceClock::default(),
+        };
+        let block = vec![1.0f32; 480]; // 10 ms a callback
+        let mut t = 1_000_000_000u64;
+        for _ in 0..70 {
+            cap.process(&block, t, 0);
+            t += 10_000_000;
+        }
+        t += 50_000_000; // an xrun: the device lost 50 ms (2400 frames)
+        cap.process(&block, t, 0);
+        let got: Vec<f32> = std::iter::from_fn(|| rx.pop().ok()).collect();
+        assert_eq!(got.len(), 71 * 480 + 2400);
+        assert!(got[70 * 480..70 * 480 + 2400].iter().all(|x| *x == 0.0));
+        assert!(got[70 * 480 + 2400..].iter().all(|x| *x == 1.0));
+        assert_eq!(shared.lost_in_frames.load(Ordering::Relaxed), 2400);
     }
 
     #[test]
@@ -338,6 +453,7 @@ mod tests {
             device_channels: 2,
             shared: shared.clone(),
             debt: 0,
+            clock: DeviceClock::default(),
         };
         let mut out = [9.0f32; 6];
         play.process(&mut out, 7, 0);
