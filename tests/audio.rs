@@ -269,6 +269,7 @@ fn calibrate_then_overdub_lines_up_with_the_project() {
     let reference = solo_mix(&s, "Beat", &s.path().join("ref.wav")).channel(0);
     let take = solo_mix(&s, "Take", &s.path().join("take.wav")).channel(0);
     let (lag, _) = best_lag(&reference[..168_000], &take[..168_000], 4_800);
+    eprintln!("overdub: lag {lag} frames; engine {}", v["engine"]);
     // The issue asks for ±2 ms. A null sink's loop itself moves by up to
     // ±2.5 ms from one stream start to the next (it renders in blocks the
     // streams' timestamps do not show: measured in 3-run calibrations,
