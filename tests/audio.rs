@@ -167,6 +167,34 @@ fn best_lag(reference: &[f32], take: &[f32], window: i64) -> (i64, f64) {
     best
 }
 
+/// A 48 kHz, 16-bit sine of `hz` at amplitude `vol`, made by sox.
+fn sine(path: &Path, channels: u32, seconds: u32, hz: u32, vol: f64) -> PathBuf {
+    let (c, sec, f, v) = (
+        channels.to_string(),
+        seconds.to_string(),
+        hz.to_string(),
+        vol.to_string(),
+    );
+    let args = [
+        "-n",
+        "-r",
+        "48000",
+        "-c",
+        &c,
+        "-b",
+        "16",
+        s(path),
+        "synth",
+        &sec,
+        "sine",
+        &f,
+        "vol",
+        &v,
+    ];
+    tool("sox", &args);
+    path.to_path_buf()
+}
+
 /// A WAV of short noise bursts every half second: sharp to line up.
 fn bursts(path: &Path, seconds: usize) {
     let spec = hound::WavSpec {
@@ -198,24 +226,7 @@ fn a_tone_played_into_the_sink_is_recorded_from_its_monitor() {
     let _devices = devices();
     let sink = Sink::new("tone");
     let s = studio_on(&sink);
-    let tone = s.path().join("a440.wav");
-    tool(
-        "sox",
-        &[
-            "-n",
-            "-r",
-            "48000",
-            "-c",
-            "2",
-            s_path(&tone),
-            "synth",
-            "8",
-            "sine",
-            "440",
-            "vol",
-            "0.5",
-        ],
-    );
+    let tone = sine(&s.path().join("a440.wav"), 2, 8, 440, 0.5);
     let player = sink.play(&tone);
     let v = s.json(&[
         "record",
@@ -344,24 +355,7 @@ fn kill_9_six_seconds_into_a_take_loses_at_most_a_second() {
     let _devices = devices();
     let sink = Sink::new("crash");
     let s = studio_on(&sink);
-    let tone = s.path().join("a440.wav");
-    tool(
-        "sox",
-        &[
-            "-n",
-            "-r",
-            "48000",
-            "-c",
-            "2",
-            s_path(&tone),
-            "synth",
-            "20",
-            "sine",
-            "440",
-            "vol",
-            "0.5",
-        ],
-    );
+    let tone = sine(&s.path().join("a440.wav"), 2, 20, 440, 0.5);
     let player = sink.play(&tone);
     let mut rec = s
         .command(&["record", "Song", "--track", "Vox", "--seconds", "60"])
@@ -500,26 +494,7 @@ fn the_sound_server_dying_mid_take_keeps_the_audio_and_names_the_device() {
 fn file_studio() -> (Studio, PathBuf) {
     let s = Studio::new();
     s.ok(&["project", "new", "Song"]);
-    let tone = s.path().join("tone.wav");
-    tool(
-        "sox",
-        &[
-            "-n",
-            "-r",
-            "48000",
-            "-c",
-            "2",
-            "-b",
-            "16",
-            s_path(&tone),
-            "synth",
-            "3",
-            "sine",
-            "440",
-            "vol",
-            "0.5",
-        ],
-    );
+    let tone = sine(&s.path().join("tone.wav"), 2, 3, 440, 0.5);
     s.ok(&["import", "Song", s_path(&tone), "--track", "Tone"]);
     (s, tone)
 }
@@ -633,24 +608,7 @@ fn bad_engine_arguments_fail_with_one_clear_line_and_leave_nothing() {
 fn a_node_records_from_a_file_and_stop_ends_the_take() {
     let (mut s, _) = file_studio();
     s.node = Some(crate::node::Node::start(s.path()));
-    let long = s.path().join("long.wav");
-    tool(
-        "sox",
-        &[
-            "-n",
-            "-r",
-            "48000",
-            "-c",
-            "1",
-            s_path(&long),
-            "synth",
-            "30",
-            "sine",
-            "300",
-            "vol",
-            "0.3",
-        ],
-    );
+    let long = sine(&s.path().join("long.wav"), 1, 30, 300, 0.3);
     // In real time (no --fast): 30 s unless stopped.
     let rec = s
         .command(&[

@@ -166,30 +166,33 @@ pub fn stop() -> bool {
     running
 }
 
-/// The caller's observer, also stopped by `meshstudio stop`.
-struct Stoppable<'a>(&'a dyn Observer);
+/// The caller's observer, seen by the engine (`stop`: also stopped by
+/// `meshstudio stop`) or by the commit (never cancelled: a take that was
+/// captured is always kept).
+struct Forward<'a> {
+    inner: &'a dyn Observer,
+    stop: bool,
+}
 
-impl Observer for Stoppable<'_> {
-    fn total(&self, frames: Option<u64>) {
-        self.0.total(frames);
+impl<'a> Forward<'a> {
+    fn stoppable(inner: &'a dyn Observer) -> Self {
+        Forward { inner, stop: true }
     }
-    fn advance(&self, frames: u64) {
-        self.0.advance(frames);
-    }
-    fn cancelled(&self) -> bool {
-        self.0.cancelled() || STOP.load(Ordering::Acquire)
+
+    fn uncancellable(inner: &'a dyn Observer) -> Self {
+        Forward { inner, stop: false }
     }
 }
 
-/// Progress without cancellation: committing a take always finishes.
-struct Uncancellable<'a>(&'a dyn Observer);
-
-impl Observer for Uncancellable<'_> {
+impl Observer for Forward<'_> {
     fn total(&self, frames: Option<u64>) {
-        self.0.total(frames);
+        self.inner.total(frames);
     }
     fn advance(&self, frames: u64) {
-        self.0.advance(frames);
+        self.inner.advance(frames);
+    }
+    fn cancelled(&self) -> bool {
+        self.stop && (self.inner.cancelled() || STOP.load(Ordering::Acquire))
     }
 }
 
@@ -287,7 +290,7 @@ pub fn record(cx: &impl WithContext, args: &RecordArgs, obs: &dyn Observer) -> R
             return Err(e);
         }
     };
-    let saved = cx.with(|ctx| commit_take(ctx, &prep.id, &Uncancellable(obs)))?;
+    let saved = cx.with(|ctx| commit_take(ctx, &prep.id, &Forward::uncancellable(obs)))?;
     let Some(mut reply) = saved else {
         let why = outcome.error.unwrap_or_else(|| "no audio arrived".into());
         return Err(invalid(format!("nothing was recorded: {why}")));
@@ -422,7 +425,7 @@ fn run_take(
         }),
     };
     obs.total(args.seconds.map(|s| (s * 48_000.0) as u64));
-    engine::run(session, &Stoppable(obs)).map_err(engine_err)
+    engine::run(session, &Forward::stoppable(obs)).map_err(engine_err)
 }
 
 fn mix_err(e: MixError) -> RequestError {
@@ -581,7 +584,7 @@ pub fn play(cx: &impl WithContext, args: &PlayArgs, obs: &dyn Observer) -> Resul
         })),
         take: None,
     };
-    let outcome = engine::run(session, &Stoppable(obs)).map_err(engine_err)?;
+    let outcome = engine::run(session, &Forward::stoppable(obs)).map_err(engine_err)?;
     if let Some(e) = outcome.error {
         return Err(invalid(e));
     }
@@ -655,7 +658,7 @@ fn calibrate_once(
             seconds: Some(calibrate::capture_seconds()),
         }),
     };
-    let outcome = engine::run(session, &Stoppable(obs)).map_err(engine_err)?;
+    let outcome = engine::run(session, &Forward::stoppable(obs)).map_err(engine_err)?;
     if let Some(e) = &outcome.error {
         return Err(invalid(e.clone()));
     }

@@ -171,6 +171,13 @@ fn span(later: cpal::StreamInstant, earlier: cpal::StreamInstant) -> u64 {
     later.saturating_duration_since(earlier).as_nanos() as u64
 }
 
+/// Starts a stream cpal built, or says why not, naming the device.
+fn start(built: Result<Stream, cpal::Error>, name: &str) -> Result<Stream, String> {
+    let stream = built.map_err(|e| explain(name, &e))?;
+    stream.play().map_err(|e| explain(name, &e))?;
+    Ok(stream)
+}
+
 pub fn open_input(
     device: &Device,
     config: &StreamConfig,
@@ -193,14 +200,12 @@ pub fn open_input(
             )
         };
     }
-    let stream = match format {
+    let built = match format {
         SampleFormat::I16 => build!(i16),
         SampleFormat::I32 => build!(i32),
         _ => build!(f32),
-    }
-    .map_err(|e| explain(&name, &e))?;
-    stream.play().map_err(|e| explain(&name, &e))?;
-    Ok(stream)
+    };
+    start(built, &name)
 }
 
 pub fn open_output(
@@ -225,12 +230,10 @@ pub fn open_output(
             )
         };
     }
-    let stream = match format {
+    let built = match format {
         SampleFormat::I16 => build!(i16),
         SampleFormat::I32 => build!(i32),
         _ => build!(f32),
-    }
-    .map_err(|e| explain(&name, &e))?;
-    stream.play().map_err(|e| explain(&name, &e))?;
-    Ok(stream)
+    };
+    start(built, &name)
 }
