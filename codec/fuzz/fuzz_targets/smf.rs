@@ -1,0 +1,9 @@
+//! Any bytes as a Standard MIDI File — an imported .mid or a peer's
+//! synced take: parse under limits, write each track back and parse again.
+//! Errors are fine; panics, hangs, runaway memory and a round trip that
+//! changes the events are bugs.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = meshstudio_codec::fuzzing::smf_round_trip(data);
+});
