@@ -10,4 +10,5 @@ pub mod engine;
 pub mod mixdown;
 pub mod render;
 pub mod stem;
+pub mod synth;
 pub mod take;

@@ -89,11 +89,14 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// Import audio files into a project as stems.
+    /// Import audio files into a project as stems, and MIDI files (.mid) as MIDI tracks.
     #[command(allow_negative_numbers = true)]
     ///
-    /// Without --track each file gets a new track named after it; with
-    /// --track all files go on that track (created if needed), one after another.
+    /// Without --track each audio file gets a new track named after it, and
+    /// each track of a MIDI file that plays notes becomes a MIDI track; with
+    /// --track everything goes on that track (created if needed), one file
+    /// after another. MIDI plays through the General MIDI SoundFont
+    /// (`config set soundfont FILE.sf2`; default: Debian's TimGM6mb).
     Import {
         project: String,
         #[arg(required = true, value_name = "FILE")]
@@ -120,6 +123,17 @@ enum Command {
         dir: PathBuf,
         #[arg(long, value_enum, default_value = "s16")]
         format: SampleFormat,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a MIDI track (its clips as placed in the song) to a Standard
+    /// MIDI File at the song's tempo and meter.
+    ExportMidi {
+        project: String,
+        /// The MIDI track: id, id prefix or name.
+        track: String,
+        /// The .mid file to write.
+        out: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -344,7 +358,8 @@ enum ConfigCmd {
     /// Set KEY to VALUE. Keys: author (who is at the laptop), site (this
     /// studio's name), stem-bitrate (kbit/s of imported stems, 32–512;
     /// default 128 stereo / 96 mono), click-level-db (the metronome's
-    /// level, -60..0; default -10).
+    /// level, -60..0; default -10), soundfont (the .sf2 MIDI tracks play
+    /// through; default /usr/share/sounds/sf2/TimGM6mb.sf2).
     #[command(allow_negative_numbers = true)]
     Set { key: String, value: String },
 }
@@ -580,6 +595,22 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
                     project,
                     dir,
                     format: format.into(),
+                },
+                json,
+            )
+        }
+        Command::ExportMidi {
+            project,
+            track,
+            out,
+            json,
+        } => {
+            let out = std::path::absolute(&out).unwrap_or(out);
+            (
+                R::ExportMidi {
+                    project,
+                    track,
+                    out,
                 },
                 json,
             )

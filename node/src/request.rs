@@ -10,6 +10,7 @@ mod failpoint;
 mod gc;
 mod imports;
 mod membership;
+mod midi;
 pub mod record;
 pub(crate) mod resolve;
 mod undo;
@@ -99,6 +100,12 @@ pub enum Request {
         dir: PathBuf,
         format: SampleFormat,
     },
+    /// A MIDI track written as one Standard MIDI File.
+    ExportMidi {
+        project: String,
+        track: String,
+        out: PathBuf,
+    },
     Gc,
     /// The sound devices (the node's, when one runs: it owns them).
     Devices,
@@ -159,6 +166,7 @@ impl Request {
                 | Request::Lyrics { set: None, .. }
                 | Request::Mixdown { .. }
                 | Request::ExportStems { .. }
+                | Request::ExportMidi { .. }
                 | Request::Play(_)
                 | Request::Calibrate(_)
                 | Request::Stop
@@ -203,7 +211,13 @@ pub enum RequestError {
 pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 
 /// Settings `config set` accepts.
-const CONFIG_KEYS: &[&str] = &["author", "site", STEM_BITRATE_KEY, record::CLICK_LEVEL_KEY];
+const CONFIG_KEYS: &[&str] = &[
+    "author",
+    "site",
+    STEM_BITRATE_KEY,
+    record::CLICK_LEVEL_KEY,
+    bounce::SOUNDFONT_KEY,
+];
 /// Click levels we accept (dB full scale).
 const CLICK_LEVEL_RANGE_DB: std::ops::RangeInclusive<f64> = -60.0..=0.0;
 /// Setting: the bitrate imports encode stems at (kbit/s).
@@ -269,6 +283,11 @@ pub fn execute(ctx: &mut Context, request: Request, progress: &dyn Observer) -> 
             dir,
             format,
         } => bounce::export_tracks(ctx, &project, &dir, format, progress),
+        Request::ExportMidi {
+            project,
+            track,
+            out,
+        } => midi::export(ctx, &project, &track, &out),
         Request::Gc => gc::run(ctx),
         Request::Devices => crate::audio::devices::list().map_err(RequestError::Invalid),
         Request::MarkerAdd {
@@ -338,7 +357,14 @@ fn config_set(ctx: &mut Context, key: &str, value: &str) -> Result<Value> {
             "{key}: give a level in dB from -60 to 0, not {value:?}"
         )));
     }
-    ctx.store()?.write(|w| w.set_setting(key, value))?;
+    let mut value = value.to_string();
+    if key == bounce::SOUNDFONT_KEY {
+        let path = std::path::absolute(&value).unwrap_or_else(|_| value.clone().into());
+        crate::audio::synth::SoundFont::load(&path)
+            .map_err(|e| RequestError::Invalid(format!("{key}: {e}")))?;
+        value = path.to_string_lossy().into_owned();
+    }
+    ctx.store()?.write(|w| w.set_setting(key, &value))?;
     Ok(json!({ "key": key, "value": value }))
 }
 

@@ -186,6 +186,12 @@ pub fn run(data_dir: &Path, request: Request, json: bool) -> Result<(), Failure>
         (Err(RequestError::Cancelled), _) => return Err(Failure::Cancelled),
         (Err(e), _) | (Ok(_), Err(e)) => return Err(report_line(&e.to_string())),
     };
+    for warning in reply["warnings"].as_array().into_iter().flatten() {
+        eprintln!(
+            "meshstudio: warning: {}",
+            warning.as_str().unwrap_or_default()
+        );
+    }
     if json {
         println!("{reply}");
     } else {
@@ -449,11 +455,15 @@ fn print_project(v: &Value) {
         v["beat_unit"]
     );
     for t in v["tracks"].as_array().into_iter().flatten() {
-        let flags = [(t["mute"] == true, " muted"), (t["solo"] == true, " solo")]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, s)| *s)
-            .collect::<String>();
+        let flags = [
+            (t["kind"] == "midi", " midi"),
+            (t["mute"] == true, " muted"),
+            (t["solo"] == true, " solo"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, s)| *s)
+        .collect::<String>();
         println!(
             "  track {}  {:<20} gain {:+.1} dB  pan {:+.2}{flags}",
             &t["id"].as_str().unwrap_or_default()

@@ -44,6 +44,9 @@ pub(crate) mod key {
     pub const BEATS_PER_BAR: &str = "beats_per_bar";
     pub const BEAT_UNIT: &str = "beat_unit";
     pub const SAMPLE_RATE: &str = "sample_rate";
+    /// The SoundFont MIDI tracks were made with: file name and BLAKE3 hash.
+    pub const SOUNDFONT: &str = "soundfont";
+    pub const SOUNDFONT_HASH: &str = "soundfont_hash";
     pub const SCHEMA: &str = "schema";
     pub const CREATED: &str = "created";
     pub const ORDER: &str = "order";

@@ -66,6 +66,12 @@ pub enum Change {
         text: String,
         expect: Option<String>,
     },
+    /// Sets one of the project's own fields (`meta`) if it still holds `expect`.
+    SetMeta {
+        key: String,
+        value: Value,
+        expect: Option<Value>,
+    },
 }
 
 /// The project's keyed lists of small records.
@@ -159,6 +165,13 @@ fn with_expectation(change: Change, inverse: &Change) -> Change {
             value,
             expect: Some(old.clone()),
         },
+        (Change::SetMeta { key, value, .. }, Change::SetMeta { value: old, .. }) => {
+            Change::SetMeta {
+                key,
+                value,
+                expect: Some(old.clone()),
+            }
+        }
         (Change::SetLyrics { text, .. }, Change::SetLyrics { text: old, .. }) => {
             Change::SetLyrics {
                 text,
@@ -258,6 +271,15 @@ fn inverse_of(txn: &TransactionMut, roots: &Roots, change: &Change) -> Option<Ch
                 fields: fields_of(txn, &m),
             }
         }
+        Change::SetMeta { key, value, .. } => Change::SetMeta {
+            key: key.clone(),
+            value: roots
+                .meta
+                .get(txn, key)
+                .map(out_json)
+                .unwrap_or(Value::Null),
+            expect: Some(value.clone()),
+        },
         Change::SetLyrics { text, .. } => {
             let old = yrs::GetString::get_string(&roots.lyrics, txn);
             Change::SetLyrics {
@@ -336,6 +358,9 @@ fn apply(txn: &mut TransactionMut, roots: &Roots, change: &Change) -> bool {
             true
         }
         Change::RemoveEntry { list, id } => list.map(roots).remove(txn, id).is_some(),
+        Change::SetMeta { key, value, expect } => {
+            set_if(txn, &roots.meta, key, value, expect.as_ref())
+        }
         Change::SetLyrics { text, expect } => {
             let current = yrs::GetString::get_string(&roots.lyrics, txn);
             if expect.as_ref().is_some_and(|e| *e != current) {

@@ -22,6 +22,11 @@ pub struct ProjectView {
     pub lyrics: String,
     /// Member node ids, sorted.
     pub members: Vec<String>,
+    /// The SoundFont the MIDI tracks were made with (name, BLAKE3 hash), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soundfont: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soundfont_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -124,6 +129,8 @@ impl ProjectView {
             comments,
             lyrics: p.roots.lyrics.get_string(&txn),
             members: super::doc::members(&txn, &p.roots),
+            soundfont: as_string(meta.get(&txn, key::SOUNDFONT)),
+            soundfont_hash: as_string(meta.get(&txn, key::SOUNDFONT_HASH)),
         }
     }
 }

@@ -1,11 +1,14 @@
 //! `mixdown`: the project rendered to one WAV or Ogg Opus file through the
 //! same `render()` live playback will use. Deterministic: fixed summation
 //! order, no dither, so the same project and stems give the same bytes on
-//! every node. Reads the Opus stems; a missing stem is an error naming it.
+//! every node. Reads the Opus stems and plays MIDI clips through the
+//! SoundFont synth; a missing stem is an error naming it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use meshstudio_codec::midi::{MAX_SMF_BYTES, MidiEvent, parse_smf};
 use meshstudio_codec::{
     AudioReader, Loudness, Observer, OggOpusWriter, OpusSettings, WavFormat, WavWriter,
     channels::default_layout,
@@ -16,9 +19,10 @@ use serde_json::{Value, json};
 
 use super::{Context, RequestError, Result, resolve};
 use crate::atomic::{AtomicFile, TrackedWriter};
-use crate::audio::mixdown::{MixError, mixdown};
+use crate::audio::mixdown::{ClipSource, MixError, mixdown};
 use crate::audio::render::{Mix, MixClip, MixTrack};
 use crate::audio::stem::StemClip;
+use crate::audio::synth::{DEFAULT_SOUNDFONT, MidiClip, SoundFont};
 use crate::project::ProjectView;
 
 const RATE_HZ: u32 = 48_000;
@@ -69,10 +73,12 @@ fn kind_of(out: &Path, format: SampleFormat) -> Result<Kind> {
     }
 }
 
-/// A clip's stem: its blob and the name people know it by.
+/// A clip's stem: its blob, the name people know it by, and whether it
+/// is a MIDI clip (a Standard MIDI File) rather than Ogg Opus audio.
 struct StemRef {
     hash: Hash,
     name: String,
+    midi: bool,
 }
 
 /// The mix and, per (track, clip), its stem.
@@ -90,6 +96,7 @@ fn mix_of(view: &ProjectView) -> (Mix, Vec<Vec<Option<StemRef>>>) {
                         c.blob.parse().ok().map(|hash| StemRef {
                             hash,
                             name: c.source.clone(),
+                            midi: t.kind == MIDI_KIND,
                         })
                     })
                     .collect(),
@@ -132,34 +139,32 @@ pub fn run(
         )));
     }
     let view = ProjectView::of(&resolve::project(ctx.store()?, project)?);
-    let (mix, stems) = mix_of(&view);
-    let scratch = scratch_dir(ctx)?;
-    let files = fetch_stems(ctx, &view, &stems, scratch.path())?;
-    let open = |t: usize, c: usize| {
-        let stem = stems[t][c].as_ref().expect("checked by fetch_stems");
-        let path = &files[&stem.hash];
-        let clip = &mix.tracks[t].clips[c];
-        StemClip::open(path, clip.offset, (t, c), &stem.name)
-            .map(|s| Box::new(s) as Box<dyn crate::audio::mixdown::ClipSource>)
-    };
+    let song = SongAudio::load(ctx, &view)?;
+    let (mix, open) = (&song.mix, |t: usize, c: usize| song.open(t, c));
     let target = AtomicFile::create(out).map_err(|e| write_err(out, e))?;
     let mut writer = target.writer().map_err(|e| write_err(out, e))?;
     let (frames, applied) = match normalize {
-        None => (bounce(&mix, &open, kind, &mut writer, 1.0, progress)?, None),
+        None => (bounce(mix, &open, kind, &mut writer, 1.0, progress)?, None),
         Some(lufs) => bounce_normalized(
-            &mix,
+            mix,
             &open,
             kind,
             &mut writer,
             lufs,
-            scratch.path(),
+            song.scratch.path(),
             progress,
         )?,
     };
     std::io::Write::flush(&mut writer).map_err(|e| write_err(out, e))?;
     drop(writer);
     target.commit().map_err(|e| write_err(out, e))?;
-    Ok(json!({ "project": view.id, "output": out, "frames": frames, "normalize": applied }))
+    Ok(json!({
+        "project": view.id,
+        "output": out,
+        "frames": frames,
+        "normalize": applied,
+        "warnings": song.warnings,
+    }))
 }
 
 /// `export-stems`: one full-length WAV per track, post-fader (gain and
@@ -173,23 +178,12 @@ pub fn export_tracks(
     progress: &dyn Observer,
 ) -> Result<Value> {
     let view = ProjectView::of(&resolve::project(ctx.store()?, project)?);
-    let (mix, stems) = mix_of(&view);
-    let scratch = scratch_dir(ctx)?;
-    let files = fetch_stems(ctx, &view, &stems, scratch.path())?;
+    let song = SongAudio::load(ctx, &view)?;
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     let mut written = Vec::new();
     for (i, track) in view.tracks.iter().enumerate() {
-        let only = only_track(&mix, i);
-        let open = |t: usize, c: usize| {
-            let stem = stems[t][c].as_ref().expect("checked by fetch_stems");
-            StemClip::open(
-                &files[&stem.hash],
-                only.tracks[t].clips[c].offset,
-                (t, c),
-                &stem.name,
-            )
-            .map(|s| Box::new(s) as Box<dyn crate::audio::mixdown::ClipSource>)
-        };
+        let only = only_track(&song.mix, i);
+        let open = |t: usize, c: usize| song.open(t, c);
         let out = dir.join(format!("{:02} {}.wav", i + 1, file_safe(&track.name)));
         let target = AtomicFile::create(&out).map_err(|e| write_err(&out, e))?;
         let mut writer = target.writer().map_err(|e| write_err(&out, e))?;
@@ -206,7 +200,7 @@ pub fn export_tracks(
         target.commit().map_err(|e| write_err(&out, e))?;
         written.push(json!({ "track": track.id, "name": track.name, "file": out }));
     }
-    Ok(json!({ "project": view.id, "stems": written }))
+    Ok(json!({ "project": view.id, "stems": written, "warnings": song.warnings }))
 }
 
 /// The mix with every track but `keep` muted (muted clips still set the length).
@@ -256,55 +250,156 @@ fn scratch_dir(ctx: &Context) -> Result<tempfile::TempDir> {
         .map_err(|e| write_err(&base, e))
 }
 
-/// A song ready to render: its mix and every stem copied out of the blob
-/// store into a scratch dir (deleted on drop). Live playback uses it.
+/// A song ready to render: its mix, every Opus stem copied out of the blob
+/// store into a scratch dir (deleted on drop), every MIDI clip parsed, and
+/// the SoundFont when there are MIDI clips. Mixdown, export-stems, live
+/// playback and overdubs all render through one.
 pub struct SongAudio {
     pub mix: Mix,
     stems: Vec<Vec<Option<StemRef>>>,
     files: BTreeMap<Hash, PathBuf>,
-    _scratch: tempfile::TempDir,
+    midi: BTreeMap<Hash, Arc<[MidiEvent]>>,
+    font: Option<SoundFont>,
+    /// What a person should know about how this will sound (a different SoundFont).
+    pub warnings: Vec<String>,
+    scratch: tempfile::TempDir,
 }
 
 impl SongAudio {
     pub fn load(ctx: &mut Context, view: &ProjectView) -> Result<SongAudio> {
         let (mix, stems) = mix_of(view);
         let scratch = scratch_dir(ctx)?;
-        let files = fetch_stems(ctx, view, &stems, scratch.path())?;
+        let source = |t: usize, c: usize| view.tracks[t].clips[c].source.clone();
+        let files = fetch_stems(ctx, &stems, scratch.path(), source)?;
+        let mut midi = BTreeMap::new();
+        for stem in stems.iter().flatten().flatten().filter(|s| s.midi) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = midi.entry(stem.hash) {
+                slot.insert(midi_events(&files[&stem.hash], &stem.name, &stem.hash)?);
+            }
+        }
+        let (font, warnings) = match midi.is_empty() {
+            true => (None, Vec::new()),
+            false => {
+                let font = local_soundfont(ctx)?;
+                let warnings = soundfont_warning(view, &font).into_iter().collect();
+                (Some(font), warnings)
+            }
+        };
         Ok(SongAudio {
             mix,
             stems,
             files,
-            _scratch: scratch,
+            midi,
+            font,
+            warnings,
+            scratch,
         })
     }
 
     /// Opens clip `c` of track `t` at its offset.
-    pub fn open(
-        &self,
-        t: usize,
-        c: usize,
-    ) -> Result<Box<dyn crate::audio::mixdown::ClipSource>, MixError> {
+    pub fn open(&self, t: usize, c: usize) -> Result<Box<dyn ClipSource>, MixError> {
         let stem = self.stems[t][c].as_ref().expect("checked by fetch_stems");
         let clip = &self.mix.tracks[t].clips[c];
+        if stem.midi {
+            let font = self.font.as_ref().expect("loaded with the MIDI clips");
+            let events = self.midi[&stem.hash].clone();
+            return MidiClip::open(font, events, clip.offset, (t, c), &stem.name)
+                .map(|m| Box::new(m) as Box<dyn ClipSource>);
+        }
         StemClip::open(&self.files[&stem.hash], clip.offset, (t, c), &stem.name)
-            .map(|s| Box::new(s) as Box<dyn crate::audio::mixdown::ClipSource>)
+            .map(|s| Box::new(s) as Box<dyn ClipSource>)
     }
+}
+
+/// A track kind: MIDI tracks' clips are Standard MIDI Files.
+pub const MIDI_KIND: &str = "midi";
+/// Setting: the SoundFont MIDI tracks play through.
+pub const SOUNDFONT_KEY: &str = "soundfont";
+
+/// The SoundFont this node plays MIDI with: the `soundfont` setting, else Debian's GM font.
+pub fn local_soundfont(ctx: &mut Context) -> Result<SoundFont> {
+    let path = ctx
+        .store()?
+        .setting(SOUNDFONT_KEY)?
+        .unwrap_or_else(|| DEFAULT_SOUNDFONT.into());
+    SoundFont::load(Path::new(&path)).map_err(|e| {
+        RequestError::Invalid(format!(
+            "MIDI tracks need a General MIDI SoundFont (.sf2): {e}; install Debian's \
+             timgm6mb-soundfont, or choose one with `meshstudio config set soundfont FILE.sf2`"
+        ))
+    })
+}
+
+/// A warning when the project was made with another SoundFont than ours.
+fn soundfont_warning(view: &ProjectView, font: &SoundFont) -> Option<String> {
+    let hash = view.soundfont_hash.as_deref()?;
+    (hash != font.hash).then(|| {
+        format!(
+            "this project's MIDI tracks were made with the SoundFont {} ({}); this node plays \
+             them with {} ({}), so they sound different here than at other sites",
+            view.soundfont.as_deref().unwrap_or("?"),
+            &hash[..hash.len().min(12)],
+            font.name,
+            &font.hash[..12],
+        )
+    })
+}
+
+/// A MIDI clip's events, read from the blob store.
+pub fn clip_midi(
+    ctx: &mut Context,
+    clip: &crate::project::view::ClipView,
+) -> Result<Arc<[MidiEvent]>> {
+    let stem = StemRef {
+        hash: clip.blob.parse().map_err(|_| {
+            RequestError::Invalid(format!("MIDI clip {}: bad blob id", clip.source))
+        })?,
+        name: clip.source.clone(),
+        midi: true,
+    };
+    let scratch = scratch_dir(ctx)?;
+    let files = fetch_stems(ctx, &[vec![Some(stem)]], scratch.path(), |_, _| {
+        clip.source.clone()
+    })?;
+    let (hash, path) = files.iter().next().expect("one stem fetched");
+    midi_events(path, &clip.source, hash)
+}
+
+/// Reads a MIDI clip's file: every track's events, merged in time order.
+fn midi_events(path: &Path, name: &str, hash: &Hash) -> Result<Arc<[MidiEvent]>> {
+    let fail = |why: String| {
+        RequestError::Invalid(format!(
+            "MIDI clip {name} ({}): {why}",
+            &hash.to_hex()[..12]
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_SMF_BYTES as u64 + 1),
+        &mut bytes,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let tracks = parse_smf(&bytes).map_err(|e| fail(e.to_string()))?;
+    let mut events: Vec<MidiEvent> = tracks.into_iter().flat_map(|t| t.events).collect();
+    events.sort_by_key(|e| e.frame); // stable: each track's order kept within a frame
+    Ok(events.into())
 }
 
 /// Copies every stem the mix needs out of the blob store; fails naming
 /// every stem this node doesn't have (yet).
 fn fetch_stems(
     ctx: &mut Context,
-    view: &ProjectView,
     stems: &[Vec<Option<StemRef>>],
     dir: &Path,
+    source: impl Fn(usize, usize) -> String,
 ) -> Result<BTreeMap<Hash, PathBuf>> {
     let mut missing = Vec::new();
     let mut files = BTreeMap::new();
     for (t, track) in stems.iter().enumerate() {
         for (c, stem) in track.iter().enumerate() {
             let Some(stem) = stem else {
-                missing.push(format!("{} (bad blob id)", view.tracks[t].clips[c].source));
+                missing.push(format!("{} (bad blob id)", source(t, c)));
                 continue;
             };
             if files.contains_key(&stem.hash) {
@@ -314,7 +409,8 @@ fn fetch_stems(
                 missing.push(format!("{} ({})", stem.name, &stem.hash.to_hex()[..12]));
                 continue;
             }
-            let path = dir.join(format!("{}.opus", stem.hash.to_hex()));
+            let ext = if stem.midi { "mid" } else { "opus" };
+            let path = dir.join(format!("{}.{ext}", stem.hash.to_hex()));
             ctx.export_blob(stem.hash, &path)?;
             files.insert(stem.hash, path);
         }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::bounce::SongAudio;
-use super::imports::{self, NewClip};
+use super::imports::{self, NewClip, TrackKind};
 use super::{Context, RequestError, Result, resolve, song_frames, writable};
 use crate::audio::calibrate::{self, SignalFeed};
 use crate::audio::click::Click;
@@ -475,6 +475,7 @@ fn commit_take(ctx: &mut Context, id: &str, obs: &dyn Observer) -> Result<Option
             start: row.at,
             source: format!("take {}", &id[..8]),
             master: Some(master),
+            kind: TrackKind::Audio,
         },
         obs,
     )?;

@@ -1,0 +1,298 @@
+//! MIDI tracks: Standard MIDI Files made and read by a reference library
+//! (mido, Debian's python3-mido), imported, exported, mixed down through
+//! the real General MIDI SoundFont (Debian's timgm6mb-soundfont).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::studio::Studio;
+use crate::support::*;
+
+/// Debian's python, where python3-mido lives (the PATH python may be another).
+const PYTHON: &str = "/usr/bin/python3";
+const SOUNDFONT: &str = "/usr/share/sounds/sf2/TimGM6mb.sf2";
+/// Note timing survives import and export within a millisecond.
+const TIMING_TOLERANCE_S: f64 = 0.001;
+
+/// Runs a mido script with `path` as `sys.argv[1]`; returns its stdout.
+fn mido(script: &str, path: &Path) -> String {
+    tool(
+        PYTHON,
+        &["-c", &format!("import sys, json, mido\n{script}"), s(path)],
+    )
+}
+
+/// A two-track song (format 1, 480 ppq, a tempo change): keys on channel 0
+/// with velocities, lengths, sustain pedal and pitch bend; drums on 9.
+fn two_track_song(dir: &Path) -> PathBuf {
+    let path = dir.join("song.mid");
+    mido(
+        r#"
+m = mido.MidiFile(type=1, ticks_per_beat=480)
+c = mido.MidiTrack(); m.tracks.append(c)
+c.append(mido.MetaMessage('set_tempo', tempo=600000))
+c.append(mido.MetaMessage('set_tempo', tempo=428571, time=1920))
+k = mido.MidiTrack(); m.tracks.append(k)
+k.append(mido.MetaMessage('track_name', name='Keys'))
+k.append(mido.Message('program_change', program=4))
+k.append(mido.Message('control_change', control=64, value=127, time=10))
+for i, note in enumerate([60, 62, 64, 65, 67, 69, 71, 72]):
+    k.append(mido.Message('note_on', note=note, velocity=30 + 11 * i, time=60 + 7 * i))
+    k.append(mido.Message('pitchwheel', pitch=-8192 + 2000 * i, time=30))
+    k.append(mido.Message('note_off', note=note, velocity=40, time=200 + 13 * i))
+k.append(mido.Message('control_change', control=64, value=0, time=5))
+d = mido.MidiTrack(); m.tracks.append(d)
+d.append(mido.MetaMessage('track_name', name='Drums'))
+for i in range(4):
+    d.append(mido.Message('note_on', channel=9, note=36 + 2 * i, velocity=100, time=480 if i else 0))
+    d.append(mido.Message('note_on', channel=9, note=36 + 2 * i, velocity=0, time=120))
+m.save(sys.argv[1])
+"#,
+        &path,
+    );
+    path
+}
+
+/// (channel, key, velocity, start s, end s)
+type Note = (u8, u8, u8, f64, f64);
+
+/// The notes of a file as mido plays it (tempo applied): sorted
+/// [channel, key, velocity, start s, end s], plus pitch bends [channel, value, s].
+fn notes_of(path: &Path) -> (Vec<Note>, Vec<(u8, i64, f64)>) {
+    let out = mido(
+        r#"
+t, held, notes, bends = 0.0, {}, [], []
+for msg in mido.MidiFile(sys.argv[1]):
+    t += msg.time
+    if msg.type == 'note_on' and msg.velocity > 0:
+        held[(msg.channel, msg.note)] = (msg.velocity, t)
+    elif msg.type in ('note_on', 'note_off') and (msg.channel, msg.note) in held:
+        v, start = held.pop((msg.channel, msg.note))
+        notes.append([msg.channel, msg.note, v, start, t])
+    elif msg.type == 'pitchwheel':
+        bends.append([msg.channel, msg.pitch, t])
+print(json.dumps([sorted(notes), bends]))
+"#,
+        path,
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let notes = v[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let u = |i: usize| n[i].as_u64().unwrap() as u8;
+            let f = |i: usize| n[i].as_f64().unwrap();
+            (u(0), u(1), u(2), f(3), f(4))
+        })
+        .collect();
+    let bends = v[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b[0].as_u64().unwrap() as u8,
+                b[1].as_i64().unwrap(),
+                b[2].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    (notes, bends)
+}
+
+fn assert_same_notes(a: &[Note], b: &[Note]) {
+    assert_eq!(a.len(), b.len(), "{a:?}\n{b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!((x.0, x.1, x.2), (y.0, y.1, y.2), "{x:?} vs {y:?}");
+        assert!(
+            (x.3 - y.3).abs() <= TIMING_TOLERANCE_S,
+            "start {x:?} vs {y:?}"
+        );
+        assert!(
+            (x.4 - y.4).abs() <= TIMING_TOLERANCE_S,
+            "end {x:?} vs {y:?}"
+        );
+    }
+}
+
+#[test]
+fn import_then_export_keeps_every_note() {
+    let st = Studio::new();
+    st.ok(&["project", "new", "Song"]);
+    let song = two_track_song(st.path());
+    let reply = st.json(&["import", "Song", s(&song)]);
+    let names: Vec<&str> = reply["imported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["track_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["Keys", "Drums"],
+        "one MIDI track per SMF track with notes"
+    );
+    let show = st.show("Song");
+    assert!(
+        show["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["kind"] == "midi")
+    );
+    assert_eq!(show["soundfont"], "TimGM6mb.sf2");
+
+    let mut exported = Vec::new();
+    let mut bends = Vec::new();
+    for track in ["Keys", "Drums"] {
+        let out = st.path().join(format!("{track}.mid"));
+        st.ok(&["export-midi", "Song", track, s(&out)]);
+        let (n, b) = notes_of(&out);
+        exported.extend(n);
+        bends.extend(b);
+    }
+    exported.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (original, original_bends) = notes_of(&song);
+    assert_eq!(original.len(), 12);
+    assert_same_notes(&original, &exported);
+    assert_eq!(bends.len(), original_bends.len());
+    for (x, y) in bends.iter().zip(&original_bends) {
+        assert_eq!((x.0, x.1), (y.0, y.1));
+        assert!((x.2 - y.2).abs() <= TIMING_TOLERANCE_S);
+    }
+}
+
+/// Power of `x` at `hz` (Goertzel over a Hann window), in dB.
+fn power_db(x: &[f32], hz: f64) -> f64 {
+    let n = x.len() as f64;
+    let w = 2.0 * std::f64::consts::PI * hz / 48_000.0;
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for (i, v) in x.iter().enumerate() {
+        let hann = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n).cos();
+        let s0 = f64::from(*v) * hann + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    10.0 * (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2)
+        .max(1e-30)
+        .log10()
+}
+
+#[test]
+fn a_midi_track_mixes_down_with_energy_at_its_notes() {
+    let st = Studio::new();
+    st.ok(&["project", "new", "Song"]);
+    let path = st.path().join("flute.mid");
+    // A flute (GM 74): A3 (220 Hz) for 1 s, then C#5 (554.37 Hz) for 1 s.
+    mido(
+        r#"
+m = mido.MidiFile(type=0, ticks_per_beat=480)
+t = mido.MidiTrack(); m.tracks.append(t)
+t.append(mido.Message('program_change', program=73))
+t.append(mido.Message('note_on', note=57, velocity=110))
+t.append(mido.Message('note_off', note=57, time=960))
+t.append(mido.Message('note_on', note=73, velocity=110, time=480))
+t.append(mido.Message('note_off', note=73, time=960))
+m.save(sys.argv[1])
+"#,
+        &path,
+    );
+    st.ok(&["import", "Song", s(&path)]);
+    let out = st.path().join("mix.wav");
+    st.ok(&["mixdown", "Song", s(&out), "--format", "f32"]);
+    let left = read_wav(&out).channel(0);
+    let window = |from: f64| &left[(from * 48_000.0) as usize..((from + 0.5) * 48_000.0) as usize];
+    let (low, high) = (window(0.3), window(1.8));
+    let (a3, cs5, off) = (220.0, 554.37, 311.0);
+    for (x, on, other) in [(low, a3, cs5), (high, cs5, a3)] {
+        let p = power_db(x, on);
+        assert!(
+            p > power_db(x, other) + 20.0,
+            "{on} Hz stands out over {other} Hz"
+        );
+        assert!(
+            p > power_db(x, off) + 20.0,
+            "{on} Hz stands out over {off} Hz"
+        );
+    }
+    let rms = (low.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / low.len() as f64).sqrt();
+    assert!(rms > 0.01, "the flute is audible: rms {rms}");
+}
+
+#[test]
+fn hostile_or_empty_midi_files_are_one_clear_error_and_store_nothing() {
+    let st = Studio::new();
+    st.ok(&["project", "new", "Song"]);
+    let dir = st.path();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    // A header chunk that claims 4 GiB; an unknown format; a track that
+    // breaks off inside its only note (what came before is kept, as every
+    // player does: here nothing); a file whose only track is a tempo.
+    let cases = [
+        (write("huge.mid", b"MThd\xff\xff\xff\xff\0\x01"), "malformed midi"),
+        (
+            write("cut.mid", b"MThd\0\0\0\x06\0\0\0\x01\0\x60MTrk\x7f\xff\xff\xff\0\x90"),
+            "plays no notes",
+        ),
+        (
+            write("format7.mid", b"MThd\0\0\0\x06\0\x07\0\x01\0\x60MTrk\0\0\0\0"),
+            "malformed midi",
+        ),
+        (
+            write("silent.mid", b"MThd\0\0\0\x06\0\0\0\x01\0\x60MTrk\0\0\0\x0b\0\xff\x51\x03\x07\xa1\x20\0\xff\x2f\0"),
+            "plays no notes",
+        ),
+    ];
+    for (path, why) in &cases {
+        let err = st.fails(&["import", "Song", s(path)]);
+        assert!(
+            err.contains(s(path)) || err.contains(path.file_name().unwrap().to_str().unwrap()),
+            "{err}"
+        );
+        assert!(err.to_lowercase().contains(why), "{err}");
+    }
+    assert_eq!(st.show("Song")["tracks"].as_array().unwrap().len(), 0);
+    let data = st.path().join("blobs").join("data");
+    assert!(
+        !data.exists() || listing(&data).is_empty(),
+        "no blob stored"
+    );
+}
+
+#[test]
+fn a_different_local_soundfont_is_a_warning_and_a_bad_one_an_error() {
+    let st = Studio::new();
+    st.ok(&["project", "new", "Song"]);
+    let song = two_track_song(st.path());
+    st.ok(&["import", "Song", s(&song)]);
+    let out = st.path().join("mix.wav");
+    let same = st.run(&["mixdown", "Song", s(&out)]);
+    assert!(same.status.success());
+    assert!(!String::from_utf8_lossy(&same.stderr).contains("warning"));
+
+    let bad = st.path().join("bad.sf2");
+    std::fs::write(&bad, b"RIFF\0\0\0\0sfbk").unwrap();
+    let err = st.fails(&["config", "set", "soundfont", s(&bad)]);
+    assert!(err.contains("bad.sf2"), "{err}");
+
+    // The same font with one sample changed: it loads, but is not the project's.
+    let mut font = std::fs::read(SOUNDFONT).unwrap();
+    let middle = font.len() / 2;
+    font[middle] ^= 0x01;
+    let other = st.path().join("Other.sf2");
+    std::fs::write(&other, font).unwrap();
+    st.ok(&["config", "set", "soundfont", s(&other)]);
+    let differs = st.run(&["mixdown", "Song", s(&out)]);
+    assert!(differs.status.success());
+    let stderr = String::from_utf8_lossy(&differs.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("Other.sf2"),
+        "{stderr}"
+    );
+}
