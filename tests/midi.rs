@@ -3,7 +3,10 @@
 //! the real General MIDI SoundFont (Debian's timgm6mb-soundfont).
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
+use midir::os::unix::VirtualOutput;
 use serde_json::Value;
 
 use crate::studio::Studio;
@@ -295,4 +298,227 @@ fn a_different_local_soundfont_is_a_warning_and_a_bad_one_an_error() {
         stderr.contains("warning") && stderr.contains("Other.sf2"),
         "{stderr}"
     );
+}
+
+/// A virtual keyboard: a MIDI output port of the test's own on JACK's
+/// default server (scripts/audio-env starts one with the dummy driver).
+struct Keyboard {
+    out: midir::MidiOutputConnection,
+    /// A unique part of the port's name, for `record --midi`.
+    name: String,
+}
+
+impl Keyboard {
+    fn new(tag: &str) -> Keyboard {
+        let name = format!("kbd-{tag}-{}", std::process::id());
+        let client = midir::MidiOutput::new(&name)
+            .expect("a JACK server runs (scripts/test starts one via scripts/audio-env)");
+        let out = client.create_virtual("keys").expect("a virtual MIDI port");
+        Keyboard { out, name }
+    }
+
+    fn send(&mut self, message: &[u8]) {
+        self.out.send(message).expect("sent");
+    }
+}
+
+/// Bytes of the take files a recording has on disk.
+fn take_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join("takes"))
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect()
+}
+
+/// Waits until a `record --midi` hears the keyboard: a harmless controller
+/// (general purpose #5), sent until the take's log on disk holds one —
+/// proof the output callbacks run. A recording that ended instead fails
+/// the test with its error.
+fn wait_until_heard(kb: &mut Keyboard, rec: &mut std::process::Child, dir: &Path) {
+    wait_until(
+        Duration::from_secs(20),
+        "the take to hear the keyboard",
+        || {
+            if let Some(status) = rec.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(e) = rec.stderr.as_mut() {
+                    std::io::Read::read_to_string(e, &mut err).unwrap();
+                }
+                panic!("record ended before the take ran ({status}): {err}");
+            }
+            kb.send(&[0xB0, 0x50, 0]);
+            take_files(dir, "mev")
+                .iter()
+                .any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 8))
+        },
+    );
+}
+
+/// Plays `keys` one every `gap`, each held `hold`; returns when each was
+/// played, from the first.
+fn play(kb: &mut Keyboard, keys: &[(u8, u8)], gap: Duration, hold: Duration) -> Vec<f64> {
+    let start = Instant::now();
+    let mut sent = Vec::new();
+    for (i, &(key, velocity)) in keys.iter().enumerate() {
+        let due = start + gap * i as u32;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        kb.send(&[0x90, key, velocity]);
+        sent.push(start.elapsed().as_secs_f64());
+        std::thread::sleep(hold);
+        kb.send(&[0x80, key, 0]);
+    }
+    sent
+}
+
+#[test]
+fn a_keyboard_take_keeps_pitch_velocity_and_timing_and_sounds_live() {
+    let st = Studio::new();
+    st.ok(&["project", "new", "Song"]);
+    let mut kb = Keyboard::new("take");
+    let heard = st.path().join("heard.wav");
+    let mut rec = st
+        .command(&[
+            "record",
+            "Song",
+            "--midi",
+            &kb.name,
+            "--seconds",
+            "4",
+            "--output",
+            s(&heard),
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_heard(&mut kb, &mut rec, st.path());
+    let keys: Vec<(u8, u8)> = (0..8).map(|i| (60 + 2 * i, 30 + 12 * i)).collect();
+    kb.send(&[0xB0, 64, 127]); // sustain pedal down
+    let sent = play(
+        &mut kb,
+        &keys,
+        Duration::from_millis(250),
+        Duration::from_millis(100),
+    );
+    kb.send(&[0xE0, 0x00, 0x60]); // a bend up
+    kb.send(&[0xB0, 64, 0]);
+    let out = rec.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["notes"], 8, "{reply}");
+    assert_eq!(reply["engine"]["midi_dropped"], 0);
+
+    let mid = st.path().join("take.mid");
+    st.ok(&["export-midi", "Song", "MIDI", s(&mid)]);
+    let (notes, bends) = notes_of(&mid);
+    let mut by_start = notes.clone();
+    by_start.sort_by(|a, b| a.3.total_cmp(&b.3));
+    let played: Vec<(u8, u8)> = by_start.iter().map(|n| (n.1, n.2)).collect();
+    assert_eq!(played, keys, "pitch and velocity of every note");
+    let first = by_start[0].3;
+    let errors_ms: Vec<f64> = by_start
+        .iter()
+        .zip(&sent)
+        .map(|(n, t)| ((n.3 - first) - t) * 1000.0)
+        .collect();
+    eprintln!("note timing errors (ms): {errors_ms:.2?}");
+    assert!(errors_ms.iter().all(|e| e.abs() <= 5.0), "{errors_ms:?}");
+    assert_eq!(bends.len(), 1);
+
+    // Live monitoring: the synth was on the output from the first note on.
+    let left = read_wav(&heard).channel(0);
+    let rms =
+        |x: &[f32]| (x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
+    let loud = left.chunks(4_800).map(rms).fold(0.0, f64::max);
+    assert!(
+        loud > 0.01,
+        "the keys were heard: loudest 100 ms at RMS {loud}"
+    );
+    assert_eq!(take_files(st.path(), "mev"), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn kill_9_mid_take_keeps_the_notes_played_until_a_second_before() {
+    let st = Studio::new();
+    st.ok(&["project", "new", "Song"]);
+    let mut kb = Keyboard::new("crash");
+    let heard = st.path().join("heard.wav");
+    let mut rec = st
+        .command(&[
+            "record",
+            "Song",
+            "--midi",
+            &kb.name,
+            "--track",
+            "Keys",
+            "--output",
+            s(&heard),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until_heard(&mut kb, &mut rec, st.path());
+    let keys: Vec<(u8, u8)> = (0..6).map(|i| (48 + i, 100)).collect();
+    play(
+        &mut kb,
+        &keys,
+        Duration::from_millis(300),
+        Duration::from_millis(100),
+    );
+    // The last note ended; once a second has passed, the take holds it.
+    let ended = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "a second after the last note",
+        || ended.elapsed() >= Duration::from_secs(1),
+    );
+    rec.kill().unwrap(); // SIGKILL
+    rec.wait().unwrap();
+    let out = st.run(&["recover", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["recovered"][0]["notes"], 6, "{reply}");
+    assert_eq!(reply["recovered"][0]["track_name"], "Keys");
+    assert_eq!(take_files(st.path(), "mev"), Vec::<PathBuf>::new());
+    let show = st.show("Song");
+    assert_eq!(show["tracks"][0]["kind"], "midi");
+}
+
+#[test]
+fn devices_lists_the_keyboard_and_a_wrong_port_is_one_clear_error() {
+    let st = Studio::new();
+    st.ok(&["project", "new", "Song"]);
+    let kb = Keyboard::new("list");
+    let devices = st.json(&["devices"]);
+    let ports = devices["midi_inputs"].as_array().unwrap();
+    assert!(
+        ports.iter().any(|p| p.as_str().unwrap().contains(&kb.name)),
+        "{devices}"
+    );
+    let err = st.fails(&[
+        "record",
+        "Song",
+        "--midi",
+        "no-such-keyboard",
+        "--seconds",
+        "1",
+    ]);
+    assert!(
+        err.contains("no-such-keyboard") && err.contains(&kb.name),
+        "{err}"
+    );
+    assert!(take_files(st.path(), "mev").is_empty());
+    assert_eq!(st.show("Song")["tracks"].as_array().unwrap().len(), 0);
 }

@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod click;
 pub mod devices;
 pub mod engine;
+pub mod midi_in;
 pub mod mixdown;
 pub mod render;
 pub mod stem;

@@ -263,9 +263,15 @@ struct MixdownArgs {
 #[derive(Debug, clap::Args)]
 struct RecordCli {
     project: String,
-    /// The track to record into (created if missing); default: a new track "Take".
+    /// The track to record into (created if missing); default: a new track
+    /// "Take" ("MIDI" for a MIDI take).
     #[arg(long)]
     track: Option<String>,
+    /// Record this MIDI input (a name from `meshstudio devices`, or a
+    /// unique part of one) instead of audio: notes, velocity, sustain
+    /// pedal and pitch bend, heard through the General MIDI synth.
+    #[arg(long, value_name = "PORT", conflicts_with_all = ["input", "monitor", "fast"])]
+    midi: Option<String>,
     /// Input device id (`meshstudio devices`) or a WAV file; default: the default input.
     #[arg(long, value_name = "DEVICE|FILE.wav")]
     input: Option<String>,
@@ -695,6 +701,7 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
                 overdub: a.overdub,
                 buffer_frames: a.buffer,
                 fast: a.fast,
+                midi: a.midi,
             };
             (R::Record(args), a.json)
         }

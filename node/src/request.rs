@@ -10,7 +10,7 @@ mod failpoint;
 mod gc;
 mod imports;
 mod membership;
-mod midi;
+pub(crate) mod midi;
 pub mod record;
 pub(crate) mod resolve;
 mod undo;

@@ -1,10 +1,13 @@
 //! `meshstudio devices`: the sound devices the audio host (ALSA, which
 //! reaches PulseAudio/PipeWire through its plugins) offers, with what each
-//! supports. Only lists; opening streams is the engine's business.
+//! supports, and the MIDI inputs. Only lists; opening streams is the
+//! engine's business.
 
 use cpal::traits::{DeviceTrait, HostTrait};
 use cpal::{DeviceId, SupportedBufferSize, SupportedStreamConfigRange};
 use serde_json::{Value, json};
+
+use super::midi_in::{MidiInputs, Midir};
 
 /// Sample rates worth naming; a device's ranges are reported as these.
 const COMMON_RATES: &[u32] = &[
@@ -31,7 +34,17 @@ pub fn list() -> Result<Value, String> {
         .map_err(|e| format!("cannot list output devices: {e}"))?
         .filter_map(|d| describe(&d, d.supported_output_configs(), default_out.as_ref()))
         .collect();
-    Ok(json!({ "host": host.id().name(), "inputs": inputs, "outputs": outputs }))
+    let (midi_inputs, midi_error) = match Midir.ports() {
+        Ok(ports) => (ports, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    Ok(json!({
+        "host": host.id().name(),
+        "inputs": inputs,
+        "outputs": outputs,
+        "midi_inputs": midi_inputs,
+        "midi_error": midi_error,
+    }))
 }
 
 fn describe<E>(

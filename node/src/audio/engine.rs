@@ -8,7 +8,9 @@
 //! into the output ring; a disk thread drains the capture ring into the
 //! take (`take.rs`); the calling thread watches, reports progress, and
 //! stops everything on Ctrl-C, a time limit, the end of the song, or a
-//! device error — keeping whatever was captured.
+//! device error — keeping whatever was captured. A MIDI keyboard plays
+//! through the synth inside the performer's output callback (`LiveMidi`);
+//! a MIDI disk thread logs what it played.
 
 pub mod device;
 mod files;
@@ -23,10 +25,11 @@ use meshstudio_codec::Observer;
 use rtrb::RingBuffer;
 use serde::Serialize;
 
+use super::midi_in::{ARRIVAL_RING, Arrival};
 use super::render::CHANNELS;
-use super::take::{Align, Disk, DiskReport, TakeSink};
+use super::take::{Align, Disk, DiskReport, MidiDisk, MidiLog, TakeSink};
 use device::{ENGINE_RATE, ErrorSlot};
-use rt::{Capture, Playback, Shared};
+use rt::{Capture, LiveMidi, Playback, Shared};
 
 /// How often the watching thread looks at the engine.
 const WATCH: Duration = Duration::from_millis(10);
@@ -107,6 +110,17 @@ pub struct TakePlan {
     pub seconds: Option<f64>,
 }
 
+/// A MIDI keyboard to record: heard through the synth on the output.
+pub struct MidiPlan {
+    /// What the MIDI port's callback receives.
+    pub arrivals: rtrb::Consumer<Arrival>,
+    pub synth: rustysynth::Synthesizer,
+    /// Where the played messages go, stamped with output frames.
+    pub log: MidiLog,
+    /// End once the output has played this many frames (count-in + `--seconds`).
+    pub until_frame: Option<u64>,
+}
+
 pub struct Session<'a> {
     pub input: Option<Port>,
     pub output: Option<Port>,
@@ -117,6 +131,7 @@ pub struct Session<'a> {
     pub monitor: bool,
     pub feed: Option<Box<dyn Feed + 'a>>,
     pub take: Option<TakePlan>,
+    pub midi: Option<MidiPlan>,
 }
 
 /// How a session went.
@@ -143,6 +158,9 @@ pub struct Outcome {
     pub output_latency_ms: Option<f64>,
     /// Capture time of the first input frame minus playback time of the first output frame (s).
     pub stream_offset_seconds: Option<f64>,
+    /// MIDI messages played (and logged), and those lost to a full ring.
+    pub midi_events: u64,
+    pub midi_dropped: u64,
     pub stopped: bool,
     /// A device failed mid-session: what was captured is still here.
     pub error: Option<String>,
@@ -226,8 +244,30 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
         monitor,
         fast,
         buffer,
+        midi,
         ..
     } = session;
+    if midi.is_some() && sides.outputs.is_empty() {
+        return Err(EngineError::Usage(
+            "recording MIDI needs an output, to hear the keys".into(),
+        ));
+    }
+    let until_frame = midi.as_ref().and_then(|m| m.until_frame);
+    let recording_midi = midi.is_some();
+    let (midi_live, midi_disk) = match midi {
+        Some(plan) => {
+            let (tx, rx) = RingBuffer::new(ARRIVAL_RING);
+            let live = LiveMidi::new(plan.arrivals, tx, plan.synth);
+            (
+                Some(live),
+                Some(MidiDisk {
+                    ring: rx,
+                    log: plan.log,
+                }),
+            )
+        }
+        None => (None, None),
+    };
     let monitor = monitor && sides.input.is_some() && !sides.outputs.is_empty();
     let (mon_tx, mon_rx) = split(monitor.then(|| RingBuffer::new(MONITOR_RING_FRAMES * CHANNELS)));
     let mut out_rings: Vec<_> = sides
@@ -260,11 +300,15 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
             shared: shared.clone(),
             debt: 0,
             clock: Default::default(),
+            midi: None,
         })
         .collect();
     let mut playbacks = playbacks;
     if let (Some(first), Some(rx)) = (playbacks.first_mut(), mon_rx) {
         first.monitor = Some(rx);
+    }
+    if let Some(first) = playbacks.first_mut() {
+        first.midi = midi_live;
     }
     if feed.is_none() {
         shared.feeder_done.store(true, Ordering::Release);
@@ -297,6 +341,7 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
     };
     std::thread::scope(|scope| -> Result<(), EngineError> {
         let disk_thread = disk.map(|d| scope.spawn(|| d.run(&shared, &stop, &full, &written)));
+        let midi_thread = midi_disk.map(|d| scope.spawn(|| d.run(&stop)));
         let block = buffer.map_or(FEED_FRAMES, |b| {
             (b as usize).clamp(MIN_FEED_FRAMES, FEED_FRAMES)
         });
@@ -313,11 +358,19 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
             &errors,
             &shared,
             &stop,
-            Clock { fast, buffer },
+            Clock {
+                fast,
+                buffer,
+                endless: recording_midi,
+            },
         );
         let result = match started {
             Ok(streams) => {
-                let watched = watch(&sides, &shared, &errors, &stop, &full, &fed, observer);
+                let ends = Ends {
+                    recording_midi,
+                    until_frame,
+                };
+                let watched = watch(&sides, &shared, &errors, &stop, &full, &fed, ends, observer);
                 outcome.stopped = watched.stopped;
                 outcome.error = watched.error;
                 stop.store(true, Ordering::Release);
@@ -331,6 +384,11 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
             && let Ok(Err(e)) = f.join()
         {
             outcome.error.get_or_insert(e);
+        }
+        if let Some(m) = midi_thread {
+            m.join()
+                .map_err(|_| EngineError::Io("the MIDI take's thread failed".into()))?
+                .map_err(|e| EngineError::Io(format!("cannot write the MIDI take: {e}")))?;
         }
         if let Some(d) = disk_thread {
             let report: DiskReport = d
@@ -393,6 +451,8 @@ fn fill_counters(outcome: &mut Outcome, shared: &Shared, sides: &Sides) {
     outcome.underrun_frames = load(&shared.underrun_frames);
     outcome.lost_input_frames = load(&shared.lost_in_frames);
     outcome.lost_output_frames = load(&shared.lost_out_frames);
+    outcome.midi_events = load(&shared.midi_events);
+    outcome.midi_dropped = load(&shared.midi_dropped);
     let device_in = matches!(sides.input, Some(files::Or::Device(_)));
     let device_out = matches!(sides.outputs.first(), Some(files::Or::Device(_)));
     let ms = |ns: u64| ns as f64 / 1e6;
@@ -443,6 +503,8 @@ fn open_sides(s: &Session<'_>) -> Result<Sides, EngineError> {
 struct Clock {
     fast: bool,
     buffer: Option<u32>,
+    /// Runs until stopped even when nothing more is fed (a MIDI take).
+    endless: bool,
 }
 
 /// Starts device streams and, for file sides, the clock thread.
@@ -536,7 +598,17 @@ struct Watched {
     error: Option<String>,
 }
 
+/// When a session without an audio take ends, besides Ctrl-C and errors.
+#[derive(Clone, Copy)]
+struct Ends {
+    /// Recording MIDI: the end of the song does not end it.
+    recording_midi: bool,
+    /// Output frames after which it ends.
+    until_frame: Option<u64>,
+}
+
 /// Watches the running session; returns when it should end.
+#[allow(clippy::too_many_arguments)]
 fn watch(
     sides: &Sides,
     shared: &Shared,
@@ -544,6 +616,7 @@ fn watch(
     stop: &AtomicBool,
     full: &AtomicBool,
     fed: &AtomicU64,
+    ends: Ends,
     observer: &dyn Observer,
 ) -> Watched {
     let started = Instant::now();
@@ -585,9 +658,13 @@ fn watch(
                 return end(false, Some(why));
             }
         }
+        if ends.until_frame.is_some_and(|f| out_frames >= f) {
+            return end(false, None);
+        }
         // Playing only: done once everything fed has been played (and heard).
         let feeding_done = shared.feeder_done.load(Ordering::Acquire);
-        if sides.input.is_none() && feeding_done && out_frames >= fed.load(Ordering::Acquire) {
+        let playing_only = sides.input.is_none() && !ends.recording_midi;
+        if playing_only && feeding_done && out_frames >= fed.load(Ordering::Acquire) {
             let at = *drained_at.get_or_insert_with(Instant::now);
             if at.elapsed() >= DRAIN_TAIL || sides.outputs.iter().all(files::Or::is_file) {
                 return end(false, None);

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use meshstudio_codec::{WavFormat, WavWriter};
+use meshstudio_codec::{MidiEvent, WavFormat, WavWriter};
 use rtrb::Consumer;
 
 use super::engine::rt::Shared;
@@ -226,5 +226,120 @@ impl Disk {
             skipped,
             samples,
         })
+    }
+}
+
+/// A MIDI take as it is played: `MIDI_LOG_MAGIC`, then one 16-byte record
+/// per message (output frame, u64 little-endian; status; two data bytes;
+/// five zero bytes), synced every half second like an audio take — after
+/// a crash every whole record reads back.
+pub struct MidiLog {
+    writer: BufWriter<File>,
+    file: File,
+}
+
+const MIDI_LOG_MAGIC: &[u8; 8] = b"MSMIDI1\n";
+const MIDI_RECORD_BYTES: usize = 16;
+
+impl MidiLog {
+    pub fn create(path: &Path) -> std::io::Result<MidiLog> {
+        let file = File::create(path)?;
+        let mut writer = BufWriter::new(file.try_clone()?);
+        std::io::Write::write_all(&mut writer, MIDI_LOG_MAGIC)?;
+        Ok(MidiLog { writer, file })
+    }
+
+    pub fn write(&mut self, events: &[MidiEvent]) -> std::io::Result<()> {
+        for e in events {
+            let mut record = [0u8; MIDI_RECORD_BYTES];
+            record[..8].copy_from_slice(&e.frame.to_le_bytes());
+            record[8..11].copy_from_slice(&[e.status, e.data1, e.data2]);
+            std::io::Write::write_all(&mut self.writer, &record)?;
+        }
+        Ok(())
+    }
+
+    pub fn checkpoint(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.writer)?;
+        self.file.sync_data()
+    }
+}
+
+/// Reads a MIDI take back: every whole record, in order (a torn last one
+/// is dropped); at most `MAX_SMF_EVENTS`; records that are not channel
+/// messages (a damaged file) are skipped.
+pub fn read_midi_log(path: &Path) -> std::io::Result<Vec<MidiEvent>> {
+    use meshstudio_codec::midi::MAX_SMF_EVENTS;
+    let max = (MIDI_LOG_MAGIC.len() + MAX_SMF_EVENTS * MIDI_RECORD_BYTES) as u64;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(File::open(path)?, max), &mut bytes)?;
+    let Some(records) = bytes.strip_prefix(MIDI_LOG_MAGIC) else {
+        return Err(std::io::Error::other("not a meshstudio MIDI take"));
+    };
+    Ok(records
+        .chunks_exact(MIDI_RECORD_BYTES)
+        .filter_map(|r| {
+            let frame = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
+            MidiEvent::from_bytes(frame, &r[8..11])
+        })
+        .collect())
+}
+
+/// The MIDI take's thread: what the output callback stamped goes to the log.
+pub struct MidiDisk {
+    pub ring: Consumer<MidiEvent>,
+    pub log: MidiLog,
+}
+
+impl MidiDisk {
+    /// Drains the ring into the log until `stop`; returns the events written.
+    pub fn run(mut self, stop: &AtomicBool) -> std::io::Result<u64> {
+        let mut batch = Vec::with_capacity(self.ring.buffer().capacity());
+        let mut written = 0u64;
+        let mut last_checkpoint = std::time::Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            batch.clear();
+            while let Ok(e) = self.ring.pop() {
+                batch.push(e);
+            }
+            self.log.write(&batch)?;
+            written += batch.len() as u64;
+            let due = last_checkpoint.elapsed().as_millis() as u64 >= 1000 / CHECKPOINTS_PER_SECOND;
+            if stopping || due {
+                self.log.checkpoint()?;
+                last_checkpoint = std::time::Instant::now();
+            }
+            if stopping {
+                return Ok(written);
+            }
+            std::thread::sleep(IDLE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod midi_log_tests {
+    use super::*;
+
+    #[test]
+    fn a_midi_log_reads_back_whole_records_after_a_torn_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.mev");
+        let events = [
+            MidiEvent::from_bytes(10, &[0x90, 60, 100]).expect("note"),
+            MidiEvent::from_bytes(4800, &[0x80, 60, 0]).expect("note off"),
+            MidiEvent::from_bytes(9600, &[0xE1, 0, 64]).expect("bend"),
+        ];
+        let mut log = MidiLog::create(&path).expect("create");
+        log.write(&events).expect("write");
+        log.checkpoint().expect("sync");
+        drop(log);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.extend_from_slice(&[1, 2, 3]); // a record cut short by a crash
+        std::fs::write(&path, &bytes).expect("write");
+        assert_eq!(read_midi_log(&path).expect("reads"), events);
+        std::fs::write(&path, b"garbage").expect("write");
+        assert!(read_midi_log(&path).is_err());
     }
 }

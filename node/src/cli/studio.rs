@@ -354,6 +354,16 @@ fn print_devices(v: &Value) {
             );
         }
     }
+    println!("midi inputs:");
+    let ports = v["midi_inputs"].as_array().cloned().unwrap_or_default();
+    match v["midi_error"].as_str() {
+        Some(e) => println!("  none: {e}"),
+        None if ports.is_empty() => println!("  none"),
+        None => {}
+    }
+    for p in ports {
+        println!("  {}", p.as_str().unwrap_or("?"));
+    }
 }
 
 fn describe(r: &Request) -> Human {

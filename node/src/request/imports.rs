@@ -200,7 +200,6 @@ fn import_midi(
     let mut replies = Vec::new();
     let mut longest = 0;
     for part in parts {
-        let stem = midi_blob(ctx, &part)?;
         let new = NewClip {
             track: &part.name,
             reuse: track.is_some(),
@@ -209,23 +208,42 @@ fn import_midi(
             master: None,
             kind: TrackKind::Midi,
         };
-        let extra = soundfont_changes(ctx, p);
-        let (track_id, clip_id) = add_clip(ctx, p, &new, &stem, extra)?;
-        longest = longest.max(stem.frames);
+        let added = add_midi_clip(ctx, p, new, &part)?;
+        longest = longest.max(added.frames);
         replies.push(json!({
             "file": file,
-            "track": track_id,
+            "track": added.track,
             "track_name": part.name,
-            "clip": clip_id,
-            "blob": stem.hash.to_hex().to_string(),
+            "clip": added.clip,
+            "blob": added.blob,
             "start": start,
-            "length": stem.frames,
+            "length": added.frames,
             "kind": MIDI_KIND,
             "events": part.events.len(),
             "notes": part.events.iter().filter(|e| e.is_note_on()).count(),
         }));
     }
     Ok((replies, longest))
+}
+
+/// Adds `track` as a MIDI clip (an SMF blob) as `new` says: how a MIDI
+/// file's track is imported, and how a MIDI take becomes a clip. The
+/// project's first MIDI clip records the SoundFont it is heard with.
+pub fn add_midi_clip(
+    ctx: &mut Context,
+    p: &ProjectDoc,
+    new: NewClip,
+    track: &MidiTrack,
+) -> Result<AddedClip> {
+    let stem = midi_blob(ctx, track)?;
+    let extra = soundfont_changes(ctx, p);
+    let (track, clip) = add_clip(ctx, p, &new, &stem, extra)?;
+    Ok(AddedClip {
+        track,
+        clip,
+        blob: stem.hash.to_hex().to_string(),
+        frames: stem.frames,
+    })
 }
 
 /// Reads a whole file of at most `max` bytes.

@@ -1,5 +1,6 @@
 //! `export-midi`: a MIDI track's clips, as placed in the song, written to
-//! one Standard MIDI File at the song's tempo and meter.
+//! one Standard MIDI File at the song's tempo and meter; and the window
+//! arithmetic a recorded MIDI take shares with it.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -30,7 +31,12 @@ pub fn export(ctx: &mut Context, project: &str, track: &str, out: &Path) -> Resu
     }
     let mut events = Vec::new();
     for clip in &t.clips {
-        events.extend(place(clip, &clip_midi(ctx, clip)?));
+        let window = Window {
+            start: clip.start.max(0) as u64,
+            offset: clip.offset.max(0) as u64,
+            length: clip.length.max(0) as u64,
+        };
+        events.extend(place(window, &clip_midi(ctx, clip)?));
     }
     events.sort_by_key(|e| e.frame); // stable: each clip's order kept within a frame
     let end = t.clips.iter().map(clip_end).max().unwrap_or(0);
@@ -54,13 +60,37 @@ fn clip_end(c: &ClipView) -> u64 {
     (c.start.max(0) + c.length.max(0)) as u64
 }
 
+/// Which part of a clip's events plays, and where.
+#[derive(Clone, Copy)]
+struct Window {
+    start: u64,
+    offset: u64,
+    length: u64,
+}
+
+/// A recorded take's messages (output frames, in arrival order) as a clip's
+/// events: sorted, the `lead` frames of count-in cut off (notes played in
+/// it are dropped; controller and program changes apply from the start),
+/// and notes still held when recording stopped released at the last event.
+pub fn take_events(played: &[MidiEvent], lead: i64) -> Vec<MidiEvent> {
+    let mut sorted = played.to_vec();
+    sorted.sort_by_key(|e| e.frame);
+    let end = sorted.last().map_or(0, |e| e.frame);
+    let window = Window {
+        start: 0,
+        offset: lead.max(0) as u64,
+        length: (end + 1).saturating_sub(lead.max(0) as u64),
+    };
+    place(window, &sorted)
+}
+
 /// A clip's events on the song timeline: what lies in its window
 /// [offset, offset + length) moves to start + (frame − offset). Controller
 /// and program changes before the window still apply from its start; notes
 /// held when the window closes are released there.
-fn place(clip: &ClipView, events: &[MidiEvent]) -> Vec<MidiEvent> {
-    let (start, offset) = (clip.start.max(0) as u64, clip.offset.max(0) as u64);
-    let window_end = offset + clip.length.max(0) as u64;
+fn place(w: Window, events: &[MidiEvent]) -> Vec<MidiEvent> {
+    let (start, offset) = (w.start, w.offset);
+    let window_end = offset + w.length;
     let at = |frame: u64| start + frame.clamp(offset, window_end) - offset;
     let mut held = BTreeSet::new();
     let mut placed = Vec::new();
@@ -79,6 +109,15 @@ fn place(clip: &ClipView, events: &[MidiEvent]) -> Vec<MidiEvent> {
                 ..*e
             });
         }
+    }
+    // Notes whose release lies beyond every event: released at the window's end.
+    for (channel, key) in held {
+        placed.push(MidiEvent {
+            frame: at(window_end),
+            status: 0x80 | channel,
+            data1: key,
+            data2: 64,
+        });
     }
     placed
 }
@@ -107,23 +146,6 @@ mod tests {
         }
     }
 
-    fn clip(start: i64, offset: i64, length: i64) -> ClipView {
-        ClipView {
-            id: "c".into(),
-            blob: String::new(),
-            blob_bytes: None,
-            channels: 2,
-            master: None,
-            start,
-            offset,
-            length,
-            gain_db: 0.0,
-            fade_in: 0,
-            fade_out: 0,
-            source: "x.mid".into(),
-        }
-    }
-
     #[test]
     fn a_trimmed_clip_keeps_its_window_and_releases_held_notes() {
         let events = [
@@ -134,7 +156,12 @@ mod tests {
             ev(400, 0x80, 62, 64), // after the window: released at its end
             ev(500, 0x90, 64, 90), // after the window: dropped
         ];
-        let placed = place(&clip(1000, 100, 200), &events);
+        let w = Window {
+            start: 1000,
+            offset: 100,
+            length: 200,
+        };
+        let placed = place(w, &events);
         assert_eq!(
             placed,
             vec![

@@ -2,25 +2,28 @@
 //! run the audio engine. The engine runs without the request context
 //! (a node keeps syncing while you record); the context is taken only to
 //! prepare and to commit the take. A take streams to
-//! `<data-dir>/takes/<id>.wav` under a `recordings` row, so after a crash
-//! `recover` (run before the next command) turns it into a clip.
+//! `<data-dir>/takes/<id>.wav` (a MIDI take: `<id>.mev`, the messages as
+//! played) under a `recordings` row, so after a crash `recover` (run
+//! before the next command) turns it into a clip.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use meshstudio_codec::{AudioReader, Observer, encode_flac};
+use meshstudio_codec::{AudioReader, MidiEvent, MidiTrack, Observer, encode_flac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::bounce::SongAudio;
+use super::bounce::{SongAudio, local_soundfont};
 use super::imports::{self, NewClip, TrackKind};
 use super::{Context, RequestError, Result, resolve, song_frames, writable};
 use crate::audio::calibrate::{self, SignalFeed};
 use crate::audio::click::Click;
-use crate::audio::engine::{self, Feed, Outcome, Port, Session, TakePlan};
+use crate::audio::engine::{self, Feed, MidiPlan, Outcome, Port, Session, TakePlan};
+use crate::audio::midi_in::{ARRIVAL_RING, MidiInputs, Midir};
 use crate::audio::mixdown::{MixError, OpenClip, Player};
 use crate::audio::render::{CHANNELS, db_to_gain};
-use crate::audio::take::{Align, MemTake, WavTake};
+use crate::audio::synth::SoundFont;
+use crate::audio::take::{Align, MemTake, MidiLog, WavTake, read_midi_log};
 use crate::project::ProjectView;
 
 /// Where in-progress takes live, inside the data dir.
@@ -87,6 +90,8 @@ pub struct RecordArgs {
     pub overdub: bool,
     pub buffer_frames: Option<u32>,
     pub fast: bool,
+    /// Record this MIDI input port instead of audio.
+    pub midi: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -114,6 +119,12 @@ struct TakeRow {
     at: i64,
     file: String,
     started_ms: i64,
+    /// A MIDI take: its log's frames are output frames, output frame 0
+    /// being timeline frame `origin` (before `at` by the count-in).
+    #[serde(default)]
+    midi: bool,
+    #[serde(default)]
+    origin: i64,
 }
 
 /// Access to the request context, for work that must not hold it throughout.
@@ -278,11 +289,15 @@ pub fn record(cx: &impl WithContext, args: &RecordArgs, obs: &dyn Observer) -> R
         )));
     }
     let at = song_frames(args.at_seconds, "--at")?;
+    check_midi_args(args)?;
     let _claim = Claim::take()?;
     let prep = cx.with(|ctx| prepare_take(ctx, args, at))?;
     let player_open = |t: usize, c: usize| prep.song.as_ref().expect("song loaded").open(t, c);
     let open: &OpenClip = &player_open;
-    let outcome = run_take(&prep, args, at, open, obs);
+    let outcome = match &args.midi {
+        Some(port) => run_midi_take(&prep, args, port, at, open, obs),
+        None => run_take(&prep, args, at, open, obs),
+    };
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -292,7 +307,14 @@ pub fn record(cx: &impl WithContext, args: &RecordArgs, obs: &dyn Observer) -> R
     };
     let saved = cx.with(|ctx| commit_take(ctx, &prep.id, &Forward::uncancellable(obs)))?;
     let Some(mut reply) = saved else {
-        let why = outcome.error.unwrap_or_else(|| "no audio arrived".into());
+        let nothing = match &args.midi {
+            Some(port) => format!(
+                "no notes arrived from {port:?} ({} MIDI messages)",
+                outcome.midi_events
+            ),
+            None => "no audio arrived".into(),
+        };
+        let why = outcome.error.unwrap_or(nothing);
         return Err(invalid(format!("nothing was recorded: {why}")));
     };
     reply["engine"] = serde_json::to_value(&outcome).expect("outcomes serialize");
@@ -307,6 +329,24 @@ pub fn record(cx: &impl WithContext, args: &RecordArgs, obs: &dyn Observer) -> R
     Ok(reply)
 }
 
+/// `--midi` records a keyboard, not audio: the audio-only options do not apply.
+fn check_midi_args(args: &RecordArgs) -> Result<()> {
+    if args.midi.is_none() {
+        return Ok(());
+    }
+    let clash = [
+        (args.input.is_some(), "--input"),
+        (args.fast, "--fast"),
+        (args.monitor, "--monitor"),
+    ];
+    match clash.iter().find(|(set, _)| *set) {
+        Some((_, flag)) => Err(invalid(format!(
+            "--midi records a keyboard (heard through the synth); {flag} is for audio takes"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// What recording needs from the context, gathered before the devices open.
 struct Prepared {
     id: String,
@@ -316,6 +356,8 @@ struct Prepared {
     click: Click,
     wants_click: bool,
     residual_seconds: f64,
+    /// The synth's font, for a MIDI take.
+    font: Option<SoundFont>,
 }
 
 fn prepare_take(ctx: &mut Context, args: &RecordArgs, at: i64) -> Result<Prepared> {
@@ -334,12 +376,18 @@ fn prepare_take(ctx: &mut Context, args: &RecordArgs, at: i64) -> Result<Prepare
     };
     let residual_seconds = calibration(ctx, args.input.as_deref(), args.output.as_deref())?
         .map_or(0.0, |c| c.residual_ms / 1000.0);
+    let midi = args.midi.is_some();
+    let font = if midi {
+        Some(local_soundfont(ctx)?)
+    } else {
+        None
+    };
     let id = uuid::Uuid::new_v4().to_string();
     // Before the row exists: a `recover` meanwhile must not take it.
     let active = Active::mark(&id);
     let dir = ctx.data_dir().join(TAKES_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| invalid(format!("{}: {e}", dir.display())))?;
-    let path = dir.join(format!("{id}.wav"));
+    let path = dir.join(format!("{id}.{}", if midi { "mev" } else { "wav" }));
     let row = TakeRow {
         project: p.id.clone(),
         track: args.track.clone(),
@@ -349,6 +397,8 @@ fn prepare_take(ctx: &mut Context, args: &RecordArgs, at: i64) -> Result<Prepare
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         started_ms: super::now_ms(),
+        midi,
+        origin: at - click.bars_frames(args.count_in_bars),
     };
     let bytes = serde_json::to_vec(&row).expect("rows serialize");
     ctx.store()?.write(|w| w.put_recording(&id, &bytes))?;
@@ -360,7 +410,37 @@ fn prepare_take(ctx: &mut Context, args: &RecordArgs, at: i64) -> Result<Prepare
         click,
         wants_click: args.click || args.count_in_bars > 0,
         residual_seconds,
+        font,
     })
+}
+
+/// What the performer hears while recording: the song (an overdub) from
+/// timeline frame `start` and the click, which after a count-in alone
+/// stops at `at`.
+fn take_feed<'a>(
+    prep: &'a Prepared,
+    args: &RecordArgs,
+    at: i64,
+    start: i64,
+    open: &'a OpenClip,
+) -> Result<Box<dyn Feed + 'a>> {
+    let mut click = prep.click;
+    if !args.click {
+        click = click.until(at);
+    }
+    let player = match &prep.song {
+        Some(song) => {
+            let from = start.max(0) as u64;
+            Some(Player::new(&song.mix, open, from..u64::MAX, PLAY_THREADS).map_err(mix_err)?)
+        }
+        None => None,
+    };
+    Ok(Box::new(SongFeed {
+        player,
+        start,
+        click: prep.wants_click.then_some(click),
+        endless: true,
+    }))
 }
 
 fn run_take(
@@ -372,27 +452,10 @@ fn run_take(
 ) -> Result<Outcome> {
     let lead = prep.click.bars_frames(args.count_in_bars);
     let start = at - lead;
-    let mut click = prep.click;
-    if !args.click {
-        click = click.until(at);
-    }
     let plays = args.overdub || prep.wants_click || args.monitor;
-    let feed: Option<Box<dyn Feed + '_>> = if plays {
-        let player = match &prep.song {
-            Some(song) => {
-                let from = start.max(0) as u64;
-                Some(Player::new(&song.mix, open, from..u64::MAX, PLAY_THREADS).map_err(mix_err)?)
-            }
-            None => None,
-        };
-        Some(Box::new(SongFeed {
-            player,
-            start,
-            click: prep.wants_click.then_some(click),
-            endless: true,
-        }))
-    } else {
-        None
+    let feed = match plays {
+        true => Some(take_feed(prep, args, at, start, open)?),
+        false => None,
     };
     let input = port(args.input.as_deref());
     let output = plays.then(|| port(args.output.as_deref()));
@@ -423,9 +486,103 @@ fn run_take(
             align,
             seconds: args.seconds,
         }),
+        midi: None,
     };
     obs.total(args.seconds.map(|s| (s * 48_000.0) as u64));
     engine::run(session, &Forward::stoppable(obs)).map_err(engine_err)
+}
+
+/// A MIDI take: the keyboard on `port` plays through the synth on the
+/// output (with the song and click as asked) and its messages go to the log.
+fn run_midi_take(
+    prep: &Prepared,
+    args: &RecordArgs,
+    port_name: &str,
+    at: i64,
+    open: &OpenClip,
+    obs: &dyn Observer,
+) -> Result<Outcome> {
+    let lead = prep.click.bars_frames(args.count_in_bars);
+    let feed = match args.overdub || prep.wants_click {
+        true => Some(take_feed(prep, args, at, at - lead, open)?),
+        false => None,
+    };
+    let (tx, rx) = rtrb::RingBuffer::new(ARRIVAL_RING);
+    let _connection = Midir.connect(port_name, tx).map_err(invalid)?;
+    let font = prep.font.as_ref().expect("loaded for a MIDI take");
+    let synth = font.synth().map_err(invalid)?;
+    let log =
+        MidiLog::create(&prep.path).map_err(|e| invalid(format!("cannot write the take: {e}")))?;
+    let session = Session {
+        input: None,
+        output: Some(port(args.output.as_deref())),
+        click_output: args.click_output.as_deref().map(|c| port(Some(c))),
+        buffer: args.buffer_frames,
+        fast: false,
+        monitor: false,
+        feed,
+        take: None,
+        midi: Some(MidiPlan {
+            arrivals: rx,
+            synth,
+            log,
+            until_frame: args
+                .seconds
+                .map(|s| lead.max(0) as u64 + (s * 48_000.0) as u64),
+        }),
+    };
+    obs.total(
+        args.seconds
+            .map(|s| (s * 48_000.0) as u64 + lead.max(0) as u64),
+    );
+    engine::run(session, &Forward::stoppable(obs)).map_err(engine_err)
+}
+
+/// Turns a MIDI take's log into a clip at `row.at` on a MIDI track. `None`
+/// if no note was played (row and log removed too).
+fn commit_midi_take(
+    ctx: &mut Context,
+    id: &str,
+    row: &TakeRow,
+    log: &Path,
+) -> Result<Option<Value>> {
+    // A log that cannot be read back is an empty take: there is nothing to keep.
+    let played = read_midi_log(log).unwrap_or_default();
+    let take = super::midi::take_events(&played, row.at - row.origin);
+    if !take.iter().any(MidiEvent::is_note_on) {
+        discard_take(ctx, id);
+        return Ok(None);
+    }
+    let p = resolve::project(ctx.store()?, &row.project)?;
+    let name = row.track.clone().unwrap_or_else(|| "MIDI".into());
+    let end_frame = take.last().map_or(0, |e| e.frame);
+    let notes = take.iter().filter(|e| e.is_note_on()).count();
+    let track = MidiTrack {
+        name: name.clone(),
+        events: take,
+        end_frame,
+    };
+    let new = NewClip {
+        track: &name,
+        reuse: row.track.is_some(),
+        start: row.at,
+        source: format!("take {}", &id[..8]),
+        master: None,
+        kind: TrackKind::Midi,
+    };
+    let clip = imports::add_midi_clip(ctx, &p, new, &track)?;
+    discard_take(ctx, id);
+    Ok(Some(json!({
+        "project": p.id,
+        "track": clip.track,
+        "track_name": name,
+        "clip": clip.clip,
+        "blob": clip.blob,
+        "start": row.at,
+        "length": clip.frames,
+        "seconds": end_frame as f64 / 48_000.0,
+        "notes": notes,
+    })))
 }
 
 fn mix_err(e: MixError) -> RequestError {
@@ -437,7 +594,9 @@ fn discard_take(ctx: &mut Context, id: &str) {
     if let Ok(store) = ctx.store() {
         let _ = store.write(|w| w.remove_recording(id));
     }
-    let _ = std::fs::remove_file(ctx.data_dir().join(TAKES_DIR).join(format!("{id}.wav")));
+    for ext in ["wav", "mev"] {
+        let _ = std::fs::remove_file(ctx.data_dir().join(TAKES_DIR).join(format!("{id}.{ext}")));
+    }
 }
 
 /// Turns the take `id` into a clip: FLAC master and Opus stem into the
@@ -454,6 +613,9 @@ fn commit_take(ctx: &mut Context, id: &str, obs: &dyn Observer) -> Result<Option
         .data_dir()
         .join(TAKES_DIR)
         .join(Path::new(&row.file).file_name().unwrap_or_default());
+    if row.midi {
+        return commit_midi_take(ctx, id, &row, &path);
+    }
     let frames = AudioReader::open(&path)
         .ok()
         .and_then(|r| r.info().frames)
@@ -584,6 +746,7 @@ pub fn play(cx: &impl WithContext, args: &PlayArgs, obs: &dyn Observer) -> Resul
             endless: false,
         })),
         take: None,
+        midi: None,
     };
     let outcome = engine::run(session, &Forward::stoppable(obs)).map_err(engine_err)?;
     if let Some(e) = outcome.error {
@@ -658,6 +821,7 @@ fn calibrate_once(
             align: Align::Start,
             seconds: Some(calibrate::capture_seconds()),
         }),
+        midi: None,
     };
     let outcome = engine::run(session, &Forward::stoppable(obs)).map_err(engine_err)?;
     if let Some(e) = &outcome.error {

@@ -148,10 +148,11 @@ pub fn clock(
             }
         }
         let mut ended = !outs.is_empty();
+        let alone = input.is_none() && !clock.endless;
         for out in &mut outs {
-            ended &= tick_output(out, input.is_none(), shared, stop)?;
+            ended &= tick_output(out, alone, shared, stop)?;
         }
-        if ended && input.is_none() {
+        if ended && alone {
             break Ok(());
         }
         ticks += 1;

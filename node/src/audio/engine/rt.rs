@@ -5,11 +5,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use cpal::{FromSample, Sample};
+use meshstudio_codec::MidiEvent;
 use rtrb::{Consumer, Producer};
+use rustysynth::Synthesizer;
 
+use crate::audio::midi_in::Arrival;
 use crate::audio::render::CHANNELS;
+use crate::audio::synth::play_event;
 
 /// Callbacks whose timestamps are kept (the first ones of a stream).
 const MARKS: usize = 64;
@@ -130,6 +135,9 @@ pub struct Shared {
     pub lost_out_frames: AtomicU64,
     /// The feeder has nothing more to play: silence after this is no underrun.
     pub feeder_done: AtomicBool,
+    /// MIDI messages played, and those the take's ring had no room for.
+    pub midi_events: AtomicU64,
+    pub midi_dropped: AtomicU64,
 }
 
 impl Shared {
@@ -248,6 +256,76 @@ pub struct Playback {
     /// against it still lines up; the performer hears a gap, not a slip).
     pub debt: usize,
     pub clock: DeviceClock,
+    /// A keyboard played through the synth on this output (the performer's).
+    pub midi: Option<LiveMidi>,
+}
+
+/// Frames the live synth renders at a time.
+pub const SYNTH_CHUNK_FRAMES: usize = 256;
+
+/// A MIDI keyboard on the performer's output: what arrived since the last
+/// callback plays through the synth at once, and goes to the take stamped
+/// with the output frame the performer was hearing when it arrived — so a
+/// note lines up with the song as it sounded, whatever the latency.
+pub struct LiveMidi {
+    pub arrivals: Consumer<Arrival>,
+    pub take: Producer<MidiEvent>,
+    pub synth: Synthesizer,
+    /// Scratch for the synth's output, `SYNTH_CHUNK_FRAMES` each.
+    pub left: Vec<f32>,
+    pub right: Vec<f32>,
+}
+
+impl LiveMidi {
+    pub fn new(arrivals: Consumer<Arrival>, take: Producer<MidiEvent>, synth: Synthesizer) -> Self {
+        LiveMidi {
+            arrivals,
+            take,
+            synth,
+            left: vec![0.0; SYNTH_CHUNK_FRAMES],
+            right: vec![0.0; SYNTH_CHUNK_FRAMES],
+        }
+    }
+
+    /// Plays the arrivals and adds the synth to `data`, whose first frame
+    /// is output frame `first` and is heard `latency_ns` from now.
+    fn process<T>(
+        &mut self,
+        data: &mut [T],
+        ch: usize,
+        first: u64,
+        latency_ns: u64,
+        shared: &Shared,
+    ) where
+        T: Sample + FromSample<f32>,
+        f32: FromSample<T>,
+    {
+        let now = Instant::now();
+        let rate = u64::from(super::device::ENGINE_RATE);
+        while let Ok(a) = self.arrivals.pop() {
+            let ago_ns = now.saturating_duration_since(a.at).as_nanos() as u64 + latency_ns;
+            let heard = first.saturating_sub(ago_ns * rate / 1_000_000_000);
+            let Some(event) = MidiEvent::from_bytes(heard, a.message()) else {
+                continue;
+            };
+            play_event(&mut self.synth, &event);
+            shared.midi_events.fetch_add(1, Ordering::Relaxed);
+            if self.take.push(event).is_err() {
+                shared.midi_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let frames = data.len() / ch;
+        let mut done = 0;
+        while done < frames {
+            let n = (frames - done).min(SYNTH_CHUNK_FRAMES);
+            self.synth.render(&mut self.left[..n], &mut self.right[..n]);
+            let out = data[done * ch..(done + n) * ch].chunks_exact_mut(ch);
+            for ((frame, l), r) in out.zip(&self.left).zip(&self.right) {
+                add(frame, *l, *r);
+            }
+            done += n;
+        }
+    }
 }
 
 impl Playback {
@@ -297,6 +375,9 @@ impl Playback {
             self.shared.xruns.fetch_add(1, Ordering::Relaxed);
         }
         self.mix_monitor(data, ch, frames);
+        if let Some(midi) = &mut self.midi {
+            midi.process(data, ch, before, latency_ns, &self.shared);
+        }
         got
     }
 
@@ -454,6 +535,7 @@ mod tests {
             shared: shared.clone(),
             debt: 0,
             clock: DeviceClock::default(),
+            midi: None,
         };
         let mut out = [9.0f32; 6];
         play.process(&mut out, 7, 0);
