@@ -28,7 +28,7 @@ fn mido(script: &str, path: &Path) -> String {
 
 /// A two-track song (format 1, 480 ppq, a tempo change): keys on channel 0
 /// with velocities, lengths, sustain pedal and pitch bend; drums on 9.
-fn two_track_song(dir: &Path) -> PathBuf {
+pub fn two_track_song(dir: &Path) -> PathBuf {
     let path = dir.join("song.mid");
     mido(
         r#"

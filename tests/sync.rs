@@ -158,7 +158,9 @@ fn stems_follow_the_state_and_mix_identically() {
     let p = new_project(&a, "Song");
     let noise = format!("{ALSA_SOUNDS}/Noise.wav");
     let center = format!("{ALSA_SOUNDS}/Front_Center.wav");
-    let imported = a.json(&["import", &p, &noise, &center]);
+    // MIDI tracks' clips are SMF blobs: they travel like stems and mix the same.
+    let song = crate::midi::two_track_song(a.path());
+    let imported = a.json(&["import", &p, &noise, &center, s(&song)]);
     b.ok(&["join", &invite(&a, &p)]);
     let v = converged(&a, &b, &p);
     let blob = imported["imported"][0]["blob"].as_str().unwrap();
