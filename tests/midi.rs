@@ -522,3 +522,22 @@ fn devices_lists_the_keyboard_and_a_wrong_port_is_one_clear_error() {
     assert!(take_files(st.path(), "mev").is_empty());
     assert_eq!(st.show("Song")["tracks"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn playing_midi_tracks_is_the_mixdown_sample_for_sample() {
+    let st = Studio::new();
+    st.ok(&["project", "new", "Song"]);
+    let song = two_track_song(st.path());
+    st.ok(&["import", "Song", s(&song)]);
+    let mix = st.path().join("mix.wav");
+    st.ok(&["mixdown", "Song", s(&mix), "--format", "f32"]);
+    let whole = st.path().join("play.wav");
+    st.ok(&["play", "Song", "--output", s(&whole), "--fast"]);
+    let mixed = read_wav(&mix).samples;
+    assert_eq!(read_wav(&whole).samples, mixed);
+    // Starting inside the clips: the synth catches up on what came before.
+    let part = st.path().join("part.wav");
+    let args = ["--from", "1", "--to", "2", "--output", s(&part), "--fast"];
+    st.ok(&[&["play", "Song"][..], &args[..]].concat());
+    assert_eq!(read_wav(&part).samples, &mixed[48_000 * 2..96_000 * 2]);
+}

@@ -415,6 +415,15 @@ fn print_human(kind: Human, v: &Value) {
         }
         Human::Summary => println!("{v}"),
         Human::Devices => print_devices(v),
+        Human::Take if v["notes"].is_u64() => println!(
+            "recorded {} notes ({:.1} s) into MIDI track {:?} at {:.1} s (clip {}); {} xruns",
+            v["notes"],
+            v["seconds"].as_f64().unwrap_or(0.0),
+            s("track_name"),
+            v["start"].as_f64().unwrap_or(0.0) / 48_000.0,
+            s("clip"),
+            v["engine"]["xruns"],
+        ),
         Human::Take => {
             let e = &v["engine"];
             println!(
