@@ -83,6 +83,18 @@ mod tests {
         assert!(parsed >= 2, "corpus at {dir}: only {parsed} files parse");
     }
 
+    /// Found by the fuzzer: an SMPTE division of -128 makes midly 0.5.3
+    /// negate an i8 past its range (a panic in debug builds).
+    #[test]
+    fn a_midi_parser_panic_is_an_error() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/smf/crash-smpte-division-negate-overflow.mid"
+        );
+        let data = std::fs::read(path).expect("committed");
+        assert!(smf_round_trip(&data).is_err());
+    }
+
     /// Found by the fuzzer: a WAVE_FORMAT_EXTENSIBLE channel mask that makes
     /// symphonia 0.6 overflow a shift (a panic in debug builds).
     #[test]

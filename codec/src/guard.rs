@@ -16,19 +16,25 @@ thread_local! {
 
 /// Runs `f`, turning a panic inside it into `CodecError::Malformed`.
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    guarded_as("audio", f)
+}
+
+/// The same for data of `format` (midly 0.5.3, for one, negates an i8
+/// that can be -128 when it reads an SMPTE division: a panic in debug builds).
+pub(crate) fn guarded_as<T>(format: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let was = GUARDED.with(|g| g.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     GUARDED.with(|g| g.set(was));
-    result.unwrap_or_else(|payload| Err(decoder_failed(payload.as_ref())))
+    result.unwrap_or_else(|payload| Err(decoder_failed(format, payload.as_ref())))
 }
 
-fn decoder_failed(payload: &(dyn Any + Send)) -> CodecError {
+fn decoder_failed(format: &'static str, payload: &(dyn Any + Send)) -> CodecError {
     let why = payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown".into());
-    CodecError::malformed("audio", format!("the decoder failed on this file ({why})"))
+    CodecError::malformed(format, format!("the decoder failed on this file ({why})"))
 }
 
 /// Keeps panics caught by the boundary quiet: the file's error is reported

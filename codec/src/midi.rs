@@ -7,6 +7,10 @@
 //! land beyond the longest song we accept. Only channel messages survive;
 //! system exclusive and most meta events mean nothing to our synth.
 //!
+//! midly runs inside the codec's panic boundary: a parser bug found by
+//! fuzzing (an SMPTE division of -128 overflows a negation in midly 0.5.3)
+//! is an error for that file, never a crash.
+//!
 //! A track whose bytes break off mid-event ends there, as in every MIDI
 //! player (midly's lenient mode): such files are common and still useful.
 //! A file that is not MIDI, or whose header or chunk structure is broken,
@@ -150,6 +154,10 @@ struct TickTrack {
 /// 48 kHz timeline. Tracks without events are kept (a conductor track);
 /// callers decide what to do with them.
 pub fn parse_smf(bytes: &[u8]) -> Result<Vec<MidiTrack>> {
+    crate::guard::guarded_as(FORMAT, || parse_guarded(bytes))
+}
+
+fn parse_guarded(bytes: &[u8]) -> Result<Vec<MidiTrack>> {
     if bytes.len() > MAX_SMF_BYTES {
         return Err(CodecError::Limit(format!(
             "the MIDI file is {} bytes; at most {MAX_SMF_BYTES} are accepted",
