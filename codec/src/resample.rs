@@ -1,8 +1,10 @@
-//! Streaming resampling to 48 kHz with rubato's windowed-sinc resampler.
+//! Streaming resampling with rubato's windowed-sinc resampler: to 48 kHz
+//! (`To48k`), or by any exact ratio near 1 (`Resample::retime`: a take
+//! moved from its input device's clock onto its output device's).
 //!
 //! Sample-accurate by construction: the resampler's delay is cut from the
 //! front, and the tail is flushed with silence and cut so that N input
-//! frames always give exactly ceil(N · 48000 / rate) output frames.
+//! frames always give exactly ceil(N · out / in) output frames.
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{
@@ -25,18 +27,32 @@ const INTERPOLATED_PHASES: usize = 256;
 
 /// Output frames for `frames_in` input frames at `rate_in`.
 pub fn frames_at_48k(frames_in: u64, rate_in: u32) -> u64 {
-    let num = frames_in as u128 * STEM_RATE_HZ as u128;
-    num.div_ceil(rate_in as u128) as u64
+    frames_out(frames_in, STEM_RATE_HZ as u64, rate_in as u64)
 }
+
+/// Output frames for `frames_in` input frames at `out / in` output frames per input frame.
+fn frames_out(frames_in: u64, out: u64, input: u64) -> u64 {
+    (frames_in as u128 * out as u128).div_ceil(input as u128) as u64
+}
+
+/// Largest retiming we do: a device clock off by more than 1 % is broken, not drifting.
+const MAX_RETIME_DEVIATION: f64 = 0.01;
+/// Retiming ratios are exact fractions over this denominator (1 ppb steps).
+const RETIME_DENOMINATOR: u64 = 1_000_000_000;
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Converts a stream of interleaved frames at one rate to 48 kHz.
-pub struct To48k {
+pub type To48k = Resample;
+
+/// Converts a stream of interleaved frames by the exact ratio `out / in`.
+pub struct Resample {
     channels: usize,
-    rate_in: u32,
+    /// Output frames per `input` input frames.
+    out: u64,
+    input: u64,
     /// `None` when the input already is 48 kHz.
     inner: Option<Box<Async<f32>>>,
     pending: Vec<f32>,
@@ -46,15 +62,33 @@ pub struct To48k {
     frames_out: u64,
 }
 
-impl To48k {
+impl Resample {
+    /// From `rate_in` to 48 kHz.
     pub fn new(rate_in: u32, channels: usize) -> Result<Self> {
-        let inner = if rate_in == STEM_RATE_HZ {
+        Self::by_ratio(STEM_RATE_HZ as u64, rate_in as u64, channels)
+    }
+
+    /// By `ratio` output frames per input frame (within 1 % of 1), exact to 1 ppb.
+    pub fn retime(ratio: f64, channels: usize) -> Result<Self> {
+        if !(ratio.is_finite() && (ratio - 1.0).abs() <= MAX_RETIME_DEVIATION) {
+            return Err(CodecError::Unsupported(format!(
+                "retiming by {ratio}: only clock drift (within 1 %) is corrected"
+            )));
+        }
+        let out = (ratio * RETIME_DENOMINATOR as f64).round() as u64;
+        Self::by_ratio(out, RETIME_DENOMINATOR, channels)
+    }
+
+    fn by_ratio(out: u64, input: u64, channels: usize) -> Result<Self> {
+        let g = gcd(out, input);
+        let (out, input) = (out / g, input / g);
+        let inner = if out == input {
             None
         } else {
-            Some(Box::new(make_sinc(rate_in, channels)?))
+            Some(Box::new(make_sinc(out, input, channels)?))
         };
         let (lead_in, to_trim) = if inner.is_some() {
-            alignment(rate_in)
+            alignment(out, input)
         } else {
             (0, 0)
         };
@@ -63,9 +97,10 @@ impl To48k {
             .map_or(0, |r| r.output_frames_max() * channels);
         let mut pending = Vec::with_capacity((CHUNK_FRAMES * 2 + lead_in) * channels);
         pending.resize(lead_in * channels, 0.0);
-        Ok(To48k {
+        Ok(Resample {
             channels,
-            rate_in,
+            out,
+            input,
             inner,
             pending,
             scratch: vec![0.0; scratch_len],
@@ -94,9 +129,9 @@ impl To48k {
         Ok(())
     }
 
-    /// Flushes the tail; afterwards exactly `frames_at_48k(frames_in)` frames were emitted.
+    /// Flushes the tail; afterwards exactly ceil(frames in × out / in) frames were emitted.
     pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<()> {
-        let expected = frames_at_48k(self.frames_in, self.rate_in);
+        let expected = frames_out(self.frames_in, self.out, self.input);
         if self.inner.is_some() {
             let left = self.pending.len() / self.channels;
             self.pending.resize(CHUNK_FRAMES * self.channels, 0.0);
@@ -145,26 +180,23 @@ impl To48k {
 /// silent frames first makes the offset whole when the ratio is an exact
 /// fraction (always, for the rates studios use), so the trim is exact;
 /// otherwise the trim rounds, within half an output sample.
-fn alignment(rate_in: u32) -> (usize, usize) {
+fn alignment(out: u64, input: u64) -> (usize, usize) {
     const MAX_LEAD_IN_FRAMES: u64 = 4096;
     let half = (SINC_TAPS / 2) as u64;
-    let out = STEM_RATE_HZ as u64;
-    let q_in = rate_in as u64 / gcd(rate_in as u64, out);
-    let lead_in = half.div_ceil(q_in) * q_in - half;
+    let lead_in = half.div_ceil(input) * input - half; // `input` is reduced: out/in in lowest terms
     if lead_in <= MAX_LEAD_IN_FRAMES {
-        let whole = (half + lead_in) * out / rate_in as u64;
+        let whole = (half + lead_in) * out / input;
         (lead_in as usize, (whole - 1) as usize)
     } else {
-        let delay = half as f64 * out as f64 / rate_in as f64 - 1.0;
+        let delay = half as f64 * out as f64 / input as f64 - 1.0;
         (0, delay.round() as usize)
     }
 }
 
 /// A sinc resampler; for ratios with a small exact form (44.1 k → 48 k is
 /// 147:160) the sinc table holds every phase, so no interpolation is needed.
-fn make_sinc(rate_in: u32, channels: usize) -> Result<Async<f32>> {
-    let out = STEM_RATE_HZ as u64;
-    let phases = (out / gcd(rate_in as u64, out)) as usize;
+fn make_sinc(out: u64, input: u64, channels: usize) -> Result<Async<f32>> {
+    let phases = out as usize; // out/in are in lowest terms
     let (interpolation, oversampling_factor) = if phases <= MAX_EXACT_PHASES {
         (SincInterpolationType::Nearest, phases)
     } else {
@@ -177,7 +209,7 @@ fn make_sinc(rate_in: u32, channels: usize) -> Result<Async<f32>> {
         interpolation,
         window: WindowFunction::BlackmanHarris2,
     };
-    let ratio = STEM_RATE_HZ as f64 / rate_in as f64;
+    let ratio = out as f64 / input as f64;
     Async::new_sinc(
         ratio,
         1.0,
@@ -186,7 +218,7 @@ fn make_sinc(rate_in: u32, channels: usize) -> Result<Async<f32>> {
         channels,
         FixedAsync::Input,
     )
-    .map_err(|e| CodecError::Unsupported(format!("resampling from {rate_in} Hz: {e}")))
+    .map_err(|e| CodecError::Unsupported(format!("resampling by {out}/{input}: {e}")))
 }
 
 #[cfg(test)]
@@ -242,6 +274,30 @@ mod tests {
         // Nearly symmetric around the click: it sits on the sample, not between
         // two (the sinc table's own centre is 1/160 of an input sample off).
         assert!((out[479] - out[481]).abs() < 0.02, "{:?}", &out[478..483]);
+    }
+
+    #[test]
+    fn retiming_stretches_by_the_ratio_and_keeps_the_pitch_ratio() {
+        // 100 ppm: 1 s of a 1 kHz tone becomes 48004.8 frames of a tone at 1000/1.0001 Hz.
+        let frames = 48_000;
+        let input: Vec<f32> = (0..frames)
+            .map(|i| (i as f32 * 1000.0 * std::f32::consts::TAU / 48_000.0).sin())
+            .collect();
+        let mut r = Resample::retime(1.0001, 1).unwrap();
+        let mut out = Vec::new();
+        r.push(&input, &mut out).unwrap();
+        r.finish(&mut out).unwrap();
+        assert_eq!(out.len(), 48_005);
+        // Zero crossings late in the output sit 100 ppm further out.
+        let crossing = |x: &[f32], from: usize| {
+            (from..x.len() - 1)
+                .find(|&i| x[i] <= 0.0 && x[i + 1] > 0.0)
+                .unwrap()
+        };
+        let (a, b) = (crossing(&input, 40_000), crossing(&out, 40_002));
+        assert!((b as f64 - a as f64 * 1.0001).abs() < 1.5, "{a} → {b}");
+        assert!(Resample::retime(1.5, 1).is_err());
+        assert!(Resample::retime(f64::NAN, 1).is_err());
     }
 
     proptest! {

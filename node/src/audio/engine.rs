@@ -158,6 +158,10 @@ pub struct Outcome {
     pub output_latency_ms: Option<f64>,
     /// Capture time of the first input frame minus playback time of the first output frame (s).
     pub stream_offset_seconds: Option<f64>,
+    /// How much faster the output device's clock ran than the input's
+    /// (ppm), once both ran `DRIFT_MIN_SECONDS`: separate devices drift
+    /// ~100 ppm; one device (or one sound server's clock) shows ~0.
+    pub drift_ppm: Option<f64>,
     /// MIDI messages played (and logged), and those lost to a full ring.
     pub midi_events: u64,
     pub midi_dropped: u64,
@@ -464,6 +468,9 @@ fn fill_counters(outcome: &mut Outcome, shared: &Shared, sides: &Sides) {
     }
     if device_in && device_out {
         outcome.stream_offset_seconds = shared.offset_seconds(sides.in_rate);
+        outcome.drift_ppm = shared
+            .clock_ratio(sides.in_rate)
+            .map(|ratio| (ratio - 1.0) * 1e6);
     }
 }
 

@@ -9,7 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use meshstudio_codec::{AudioReader, MidiEvent, MidiTrack, Observer, encode_flac};
+use meshstudio_codec::resample::Resample;
+use meshstudio_codec::{
+    AudioReader, MidiEvent, MidiTrack, Observer, WavFormat, WavWriter, encode_flac,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -305,7 +308,8 @@ pub fn record(cx: &impl WithContext, args: &RecordArgs, obs: &dyn Observer) -> R
             return Err(e);
         }
     };
-    let saved = cx.with(|ctx| commit_take(ctx, &prep.id, &Forward::uncancellable(obs)))?;
+    let retime = drift_ratio(&outcome);
+    let saved = cx.with(|ctx| commit_take(ctx, &prep.id, retime, &Forward::uncancellable(obs)))?;
     let Some(mut reply) = saved else {
         let nothing = match &args.midi {
             Some(port) => format!(
@@ -599,10 +603,29 @@ fn discard_take(ctx: &mut Context, id: &str) {
     }
 }
 
+/// Drift below this is measurement noise, or too little to hear (10 ppm:
+/// 1.8 ms after three minutes).
+const MIN_CORRECTED_DRIFT_PPM: f64 = 10.0;
+
+/// The take's retiming onto the output's clock, when separate devices drifted apart.
+fn drift_ratio(outcome: &Outcome) -> Option<f64> {
+    let ppm = outcome
+        .drift_ppm
+        .filter(|p| p.abs() >= MIN_CORRECTED_DRIFT_PPM)?;
+    Some(1.0 + ppm / 1e6)
+}
+
 /// Turns the take `id` into a clip: FLAC master and Opus stem into the
 /// blob store, the clip committed, then the row and file removed. `None`
-/// if the take holds no audio (row and file removed too).
-fn commit_take(ctx: &mut Context, id: &str, obs: &dyn Observer) -> Result<Option<Value>> {
+/// if the take holds no audio (row and file removed too). `retime`: output
+/// frames per take frame, when the devices' clocks drifted apart (a take
+/// recovered after a crash is not retimed: its drift was not measured).
+fn commit_take(
+    ctx: &mut Context,
+    id: &str,
+    retime: Option<f64>,
+    obs: &dyn Observer,
+) -> Result<Option<Value>> {
     let rows = ctx.store()?.recordings()?;
     let Some((_, bytes)) = rows.into_iter().find(|(k, _)| k == id) else {
         return Err(invalid(format!("take {id} is not in progress")));
@@ -624,6 +647,11 @@ fn commit_take(ctx: &mut Context, id: &str, obs: &dyn Observer) -> Result<Option
         discard_take(ctx, id);
         return Ok(None);
     }
+    let retimed = match retime {
+        Some(ratio) => Some(retime_take(ctx, &path, ratio)?),
+        None => None,
+    };
+    let path = retimed.as_ref().map_or(path, |t| t.path().to_path_buf());
     let master = store_master(ctx, &path, obs)?;
     let p = resolve::project(ctx.store()?, &row.project)?;
     let name = row.track.clone().unwrap_or_else(|| "Take".into());
@@ -655,6 +683,36 @@ fn commit_take(ctx: &mut Context, id: &str, obs: &dyn Observer) -> Result<Option
     })))
 }
 
+/// The take resampled by `ratio` (its clock onto the output's), as a
+/// float WAV scratch file deleted on drop.
+fn retime_take(ctx: &Context, take: &Path, ratio: f64) -> Result<tempfile::NamedTempFile> {
+    let fail = |e: String| invalid(format!("cannot retime the take: {e}"));
+    let mut reader = AudioReader::open(take).map_err(|e| fail(e.to_string()))?;
+    let (channels, rate) = (reader.info().channels, reader.info().sample_rate);
+    let mut resample = Resample::retime(ratio, channels).map_err(|e| fail(e.to_string()))?;
+    let dir = ctx.data_dir().join("tmp");
+    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    let temp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| fail(e.to_string()))?;
+    let out = std::io::BufWriter::new(temp.as_file());
+    let mut writer =
+        WavWriter::new(out, channels, rate, WavFormat::Float32).map_err(|e| fail(e.to_string()))?;
+    let mut block = Vec::new();
+    while let Some(samples) = reader.read_block().map_err(|e| fail(e.to_string()))? {
+        block.clear();
+        resample
+            .push(samples, &mut block)
+            .map_err(|e| fail(e.to_string()))?;
+        writer.write(&block).map_err(|e| fail(e.to_string()))?;
+    }
+    block.clear();
+    resample
+        .finish(&mut block)
+        .map_err(|e| fail(e.to_string()))?;
+    writer.write(&block).map_err(|e| fail(e.to_string()))?;
+    writer.finish().map_err(|e| fail(e.to_string()))?;
+    Ok(temp)
+}
+
 /// Encodes the take to FLAC and adds it to the blob store.
 fn store_master(
     ctx: &mut Context,
@@ -680,7 +738,7 @@ pub fn recover(ctx: &mut Context) -> Result<Vec<Value>> {
     let mut restored = Vec::new();
     let rows = ctx.store()?.recordings()?;
     for (id, _) in rows.into_iter().filter(|(id, _)| !is_active(id)) {
-        match commit_take(ctx, &id, &meshstudio_codec::Quiet) {
+        match commit_take(ctx, &id, None, &meshstudio_codec::Quiet) {
             Ok(Some(reply)) => restored.push(reply),
             Ok(None) => {}
             Err(e) => {

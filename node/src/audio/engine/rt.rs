@@ -22,23 +22,56 @@ const MARKS: usize = 64;
 /// delay reads 0 until then): they are left out of the estimate.
 const SKIP_MARKS: usize = 8;
 
-/// A stream's first callbacks: when each one's first frame is heard (or
-/// was captured) and how many frames came before it. From these, when
-/// the stream's frame 0 was — a median, so one late callback does not move it.
+/// A stream's first callbacks and its latest ones: when each one's first
+/// frame is heard (or was captured) and how many frames came before it.
+/// From these, when the stream's frame 0 was — a median, so one late
+/// callback does not move it — and, from how that estimate moves between
+/// the first callbacks and the latest, how fast the device really runs.
 pub struct Marks {
     ts_ns: [AtomicU64; MARKS],
     frames: [AtomicU64; MARKS],
     count: AtomicUsize,
+    /// The latest `MARKS` callbacks, written round robin.
+    recent_ts_ns: [AtomicU64; MARKS],
+    recent_frames: [AtomicU64; MARKS],
+    total: AtomicUsize,
 }
 
 impl Default for Marks {
     fn default() -> Self {
+        let zeros = || std::array::from_fn(|_| AtomicU64::new(0));
         Marks {
-            ts_ns: std::array::from_fn(|_| AtomicU64::new(0)),
-            frames: std::array::from_fn(|_| AtomicU64::new(0)),
+            ts_ns: zeros(),
+            frames: zeros(),
             count: AtomicUsize::new(0),
+            recent_ts_ns: zeros(),
+            recent_frames: zeros(),
+            total: AtomicUsize::new(0),
         }
     }
+}
+
+/// The median frame-0 time (ns) of `n` marks, and their median frame count.
+/// Allocation-free: the callbacks use it too.
+fn median_origin(
+    ts: &[AtomicU64; MARKS],
+    frames: &[AtomicU64; MARKS],
+    slots: impl Iterator<Item = usize>,
+    rate: u32,
+) -> Option<(f64, f64)> {
+    let mut origins = [0.0f64; MARKS];
+    let mut counts = [0.0f64; MARKS];
+    let mut n = 0;
+    for i in slots.take(MARKS) {
+        let f = frames[i].load(Ordering::Relaxed) as f64;
+        origins[n] = ts[i].load(Ordering::Relaxed) as f64 - f * 1e9 / f64::from(rate);
+        counts[n] = f;
+        n += 1;
+    }
+    let (origins, counts) = (&mut origins[..n], &mut counts[..n]);
+    origins.sort_unstable_by(f64::total_cmp);
+    counts.sort_unstable_by(f64::total_cmp);
+    Some((*origins.get(n / 2)?, counts[n / 2]))
 }
 
 impl Marks {
@@ -50,6 +83,36 @@ impl Marks {
             self.frames[i].store(frames_before, Ordering::Relaxed);
             self.count.store(i + 1, Ordering::Release);
         }
+        let t = self.total.load(Ordering::Relaxed);
+        self.recent_ts_ns[t % MARKS].store(ts_ns, Ordering::Relaxed);
+        self.recent_frames[t % MARKS].store(frames_before, Ordering::Relaxed);
+        self.total.store(t + 1, Ordering::Release);
+    }
+
+    /// The frame-0 estimate from the latest callbacks (and their median
+    /// frame count), once they are all past the first ones.
+    fn recent_origin(&self, rate: u32) -> Option<(f64, f64)> {
+        let total = self.total.load(Ordering::Acquire);
+        if total < 2 * MARKS {
+            return None;
+        }
+        median_origin(&self.recent_ts_ns, &self.recent_frames, 0..MARKS, rate)
+    }
+
+    /// How far the device's real rate is from `rate` against the clock its
+    /// timestamps keep, as a fraction (+1e-4: 100 ppm fast): a device at
+    /// rate × (1 + e) makes the frame-0 estimate move by −frames × e / rate.
+    /// `None` until the latest callbacks are `min_frames` past the first.
+    pub fn rate_error(&self, rate: u32, min_frames: u64) -> Option<f64> {
+        let n = self.count();
+        let from = if n > SKIP_MARKS { SKIP_MARKS } else { 0 };
+        let (first, first_frames) = median_origin(&self.ts_ns, &self.frames, from..n, rate)?;
+        let (last, last_frames) = self.recent_origin(rate)?;
+        let apart = last_frames - first_frames;
+        if apart < min_frames as f64 {
+            return None;
+        }
+        Some(-(last - first) * f64::from(rate) / (apart * 1e9))
     }
 
     /// Callbacks recorded so far.
@@ -66,15 +129,7 @@ impl Marks {
     pub fn origin_ns(&self, rate: u32) -> Option<f64> {
         let n = self.count();
         let from = if n > SKIP_MARKS { SKIP_MARKS } else { 0 };
-        let mut origins = [0.0f64; MARKS];
-        for (slot, i) in origins.iter_mut().zip(from..n) {
-            let ts = self.ts_ns[i].load(Ordering::Relaxed) as f64;
-            let frames = self.frames[i].load(Ordering::Relaxed) as f64;
-            *slot = ts - frames * 1e9 / f64::from(rate);
-        }
-        let origins = &mut origins[..n - from];
-        origins.sort_unstable_by(f64::total_cmp);
-        origins.get(origins.len() / 2).copied()
+        median_origin(&self.ts_ns, &self.frames, from..n, rate).map(|(origin, _)| origin)
     }
 }
 
@@ -83,10 +138,14 @@ impl Marks {
 /// stamped later than its frame count says means the device lost frames
 /// (an xrun: the ALSA stream was restarted); the caller then moves its
 /// count on by that many, so frame n stays timeline frame n and a take
-/// recorded against it still lines up.
+/// recorded against it still lines up. The estimate is renewed from the
+/// latest callbacks every `MARKS` callbacks: a device whose clock runs a
+/// little slow (100 ppm is common) drifts slowly and is no xrun; a lost
+/// buffer jumps at once.
 #[derive(Default)]
 pub struct DeviceClock {
     origin_ns: Option<f64>,
+    since_renewed: usize,
 }
 
 impl DeviceClock {
@@ -95,6 +154,13 @@ impl DeviceClock {
     fn lost(&mut self, marks: &Marks, rate: u32, ts_ns: u64, before: u64, tolerance: u64) -> u64 {
         if self.origin_ns.is_none() && marks.count() >= MARKS {
             self.origin_ns = marks.origin_ns(rate);
+        }
+        self.since_renewed += 1;
+        if self.since_renewed >= MARKS {
+            self.since_renewed = 0;
+            if let Some((origin, _)) = marks.recent_origin(rate) {
+                self.origin_ns = Some(origin);
+            }
         }
         let Some(origin) = self.origin_ns else {
             return 0;
@@ -140,7 +206,23 @@ pub struct Shared {
     pub midi_dropped: AtomicU64,
 }
 
+/// Frames a stream must run past its first callbacks before its rate is
+/// judged: timestamps jitter by ~0.1 ms in a median, so 30 s resolves
+/// a few ppm.
+pub const DRIFT_MIN_SECONDS: u64 = 30;
+
 impl Shared {
+    /// Output frames per input frame as the two devices really run (both
+    /// at their nominal rates): how a take's frames map onto the output's
+    /// timeline. `None` until both streams have run `DRIFT_MIN_SECONDS`.
+    pub fn clock_ratio(&self, input_rate: u32) -> Option<f64> {
+        let out_rate = super::device::ENGINE_RATE;
+        let seconds = |rate: u32| DRIFT_MIN_SECONDS * u64::from(rate);
+        let e_in = self.in_marks.rate_error(input_rate, seconds(input_rate))?;
+        let e_out = self.out_marks.rate_error(out_rate, seconds(out_rate))?;
+        Some((1.0 + e_out) / (1.0 + e_in))
+    }
+
     /// When the input's frame 0 was captured minus when the output's frame
     /// 0 was heard (s), once both streams have run a little.
     pub fn offset_seconds(&self, input_rate: u32) -> Option<f64> {
@@ -515,6 +597,71 @@ mod tests {
         assert!(got[70 * 480..70 * 480 + 2400].iter().all(|x| *x == 0.0));
         assert!(got[70 * 480 + 2400..].iter().all(|x| *x == 1.0));
         assert_eq!(shared.lost_in_frames.load(Ordering::Relaxed), 2400);
+    }
+
+    /// A capture stream whose device runs at `rate` (nominal 48 kHz), 480
+    /// frames a callback, its timestamps saw-toothing over ±1.5 ms like
+    /// PulseAudio's; returns the stream after `seconds`.
+    fn drifting_capture(rate: f64, seconds: u64, lost_at: Option<u64>) -> Arc<Shared> {
+        let shared = Arc::new(Shared::default());
+        let (tx, _rx) = rtrb::RingBuffer::new(1);
+        let mut cap = Capture {
+            take: Some(tx),
+            monitor: None,
+            device_channels: 1,
+            take_channels: 1,
+            shared: shared.clone(),
+            rate: 48_000,
+            clock: DeviceClock::default(),
+        };
+        let block = vec![0.0f32; 480];
+        let callbacks = seconds * 100;
+        let mut skipped = 0.0;
+        for k in 0..callbacks {
+            if lost_at == Some(k) {
+                skipped += 0.05; // the device lost 50 ms here
+            }
+            let jitter = ((k % 7) as f64 - 3.0) * 0.5e-3;
+            let t = 1.0 + (k * 480) as f64 / rate + skipped + jitter;
+            cap.process(&block, (t * 1e9) as u64, 0);
+        }
+        shared
+    }
+
+    #[test]
+    fn a_slow_device_clock_is_measured_and_is_no_xrun() {
+        // 100 ppm slow over two minutes: 12 ms behind by the end.
+        let shared = drifting_capture(48_000.0 * (1.0 - 100e-6), 120, None);
+        assert_eq!(shared.lost_in_frames.load(Ordering::Relaxed), 0);
+        let e = shared.in_marks.rate_error(48_000, 30 * 48_000).unwrap();
+        assert!((e * 1e6 + 100.0).abs() < 3.0, "{} ppm", e * 1e6);
+        // A real xrun in a slowly drifting stream is still one (its size
+        // read off one callback's stamp: within the ±1.5 ms jitter).
+        let shared = drifting_capture(48_000.0 * (1.0 - 100e-6), 60, Some(5_000));
+        let lost = shared.lost_in_frames.load(Ordering::Relaxed);
+        assert!(lost.abs_diff(2400) <= 72, "{lost} frames");
+    }
+
+    #[test]
+    fn the_clock_ratio_maps_input_frames_onto_the_output() {
+        let shared = drifting_capture(48_000.0 * (1.0 + 80e-6), 40, None);
+        let mut out = Playback {
+            ring: rtrb::RingBuffer::new(1).1,
+            monitor: None,
+            device_channels: 1,
+            shared: shared.clone(),
+            debt: 0,
+            clock: DeviceClock::default(),
+            midi: None,
+        };
+        shared.feeder_done.store(true, Ordering::Release);
+        let mut data = vec![0.0f32; 480];
+        for k in 0..4_000u64 {
+            let t = 1.0 + (k * 480) as f64 / (48_000.0 * (1.0 - 20e-6));
+            out.process(&mut data, (t * 1e9) as u64, 0);
+        }
+        let ppm = (shared.clock_ratio(48_000).unwrap() - 1.0) * 1e6;
+        assert!((ppm + 100.0).abs() < 3.0, "{ppm} ppm");
     }
 
     #[test]
