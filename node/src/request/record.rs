@@ -609,6 +609,9 @@ const MIN_CORRECTED_DRIFT_PPM: f64 = 10.0;
 
 /// The take's retiming onto the output's clock, when separate devices drifted apart.
 fn drift_ratio(outcome: &Outcome) -> Option<f64> {
+    if !outcome.separate_devices {
+        return None;
+    }
     let ppm = outcome
         .drift_ppm
         .filter(|p| p.abs() >= MIN_CORRECTED_DRIFT_PPM)?;

@@ -35,6 +35,12 @@ pub struct Marks {
     recent_ts_ns: [AtomicU64; MARKS],
     recent_frames: [AtomicU64; MARKS],
     total: AtomicUsize,
+    /// When the first and the latest callbacks ran (not when their audio
+    /// is heard or was captured): the device's pace. A sound server's
+    /// latency estimates move by milliseconds during a stream (measured on
+    /// PulseAudio: hundreds of ppm over 30 s), its callbacks keep time.
+    first_call_ns: [AtomicU64; MARKS],
+    recent_call_ns: [AtomicU64; MARKS],
 }
 
 impl Default for Marks {
@@ -47,6 +53,8 @@ impl Default for Marks {
             recent_ts_ns: zeros(),
             recent_frames: zeros(),
             total: AtomicUsize::new(0),
+            first_call_ns: zeros(),
+            recent_call_ns: zeros(),
         }
     }
 }
@@ -75,16 +83,19 @@ fn median_origin(
 }
 
 impl Marks {
-    /// Called by the one callback that owns this stream.
-    fn record(&self, ts_ns: u64, frames_before: u64) {
+    /// Called by the one callback that owns this stream: `ts_ns` when its
+    /// first frame is heard or was captured, `call_ns` when it runs.
+    fn record(&self, ts_ns: u64, call_ns: u64, frames_before: u64) {
         let i = self.count.load(Ordering::Relaxed);
         if i < MARKS {
             self.ts_ns[i].store(ts_ns, Ordering::Relaxed);
+            self.first_call_ns[i].store(call_ns, Ordering::Relaxed);
             self.frames[i].store(frames_before, Ordering::Relaxed);
             self.count.store(i + 1, Ordering::Release);
         }
         let t = self.total.load(Ordering::Relaxed);
         self.recent_ts_ns[t % MARKS].store(ts_ns, Ordering::Relaxed);
+        self.recent_call_ns[t % MARKS].store(call_ns, Ordering::Relaxed);
         self.recent_frames[t % MARKS].store(frames_before, Ordering::Relaxed);
         self.total.store(t + 1, Ordering::Release);
     }
@@ -100,14 +111,19 @@ impl Marks {
     }
 
     /// How far the device's real rate is from `rate` against the clock its
-    /// timestamps keep, as a fraction (+1e-4: 100 ppm fast): a device at
+    /// callbacks run by, as a fraction (+1e-4: 100 ppm fast): a device at
     /// rate × (1 + e) makes the frame-0 estimate move by −frames × e / rate.
     /// `None` until the latest callbacks are `min_frames` past the first.
     pub fn rate_error(&self, rate: u32, min_frames: u64) -> Option<f64> {
         let n = self.count();
         let from = if n > SKIP_MARKS { SKIP_MARKS } else { 0 };
-        let (first, first_frames) = median_origin(&self.ts_ns, &self.frames, from..n, rate)?;
-        let (last, last_frames) = self.recent_origin(rate)?;
+        let first = median_origin(&self.first_call_ns, &self.frames, from..n, rate);
+        let (first, first_frames) = first?;
+        if self.total.load(Ordering::Acquire) < 2 * MARKS {
+            return None;
+        }
+        let recent = median_origin(&self.recent_call_ns, &self.recent_frames, 0..MARKS, rate);
+        let (last, last_frames) = recent?;
         let apart = last_frames - first_frames;
         if apart < min_frames as f64 {
             return None;
@@ -276,7 +292,9 @@ impl Capture {
         self.shared
             .in_frames
             .store(before + frames as u64, Ordering::Relaxed);
-        self.shared.in_marks.record(capture_ns, before);
+        self.shared
+            .in_marks
+            .record(capture_ns, capture_ns + latency_ns, before);
         self.shared
             .in_latency_ns
             .store(latency_ns, Ordering::Relaxed);
@@ -441,7 +459,9 @@ impl Playback {
         self.shared
             .out_frames
             .store(before + frames as u64, Ordering::Relaxed);
-        self.shared.out_marks.record(playback_ns, before);
+        self.shared
+            .out_marks
+            .record(playback_ns, playback_ns.saturating_sub(latency_ns), before);
         self.shared
             .out_latency_ns
             .store(latency_ns, Ordering::Relaxed);
