@@ -9,6 +9,7 @@ mod audio;
 mod codec_cli;
 mod codec_errors;
 mod crash;
+mod linkemu;
 mod midi;
 mod mixdown;
 mod netns;
