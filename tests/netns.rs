@@ -95,6 +95,44 @@ pub fn link(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) -> String {
     iface
 }
 
+/// A LAN: a bridge in a namespace of its own, each host joined to it by a
+/// veth (`eth0` inside the host) with its address, multicast routed out of
+/// it (mDNS). Returns the bridge's namespace.
+pub fn lan(hosts: &[(&Netns, &str)]) -> Netns {
+    let br = Netns::new();
+    ip(&["-n", &br.name, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &br.name, "link", "set", "br0", "up"]);
+    for (i, (host, addr)) in hosts.iter().enumerate() {
+        let port = format!("port{i}");
+        ip(&[
+            "-n", &br.name, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &host.name,
+        ]);
+        ip(&["-n", &br.name, "link", "set", &port, "master", "br0"]);
+        ip(&["-n", &br.name, "link", "set", &port, "up"]);
+        host.set_address(addr);
+        ip(&["-n", &host.name, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &host.name,
+            "route",
+            "add",
+            "224.0.0.0/4",
+            "dev",
+            "eth0",
+        ]);
+    }
+    br
+}
+
+impl Netns {
+    /// Gives `eth0` this address (CIDR) instead of any it had: the host moved.
+    pub fn set_address(&self, addr: &str) {
+        ip(&["-n", &self.name, "addr", "flush", "dev", "eth0"]);
+        ip(&["-n", &self.name, "addr", "add", addr, "dev", "eth0"]);
+    }
+}
+
 fn is_root() -> bool {
     let out = Command::new("id").arg("-u").output().expect("id");
     String::from_utf8_lossy(&out.stdout).trim() == "0"

@@ -444,6 +444,42 @@ fn sync_wait_returns_once_state_and_stems_are_here() {
 const NS_BIND: &str = "0.0.0.0:7000";
 
 #[test]
+fn members_on_one_lan_find_each_other_after_both_moved() {
+    // Two laptops on one LAN (a bridge). After they met once, both come
+    // back on new addresses: neither knows where the other is now, and
+    // only LAN discovery (mDNS) can bring them together again.
+    let (na, nb) = (Netns::new(), Netns::new());
+    let _lan = crate::netns::lan(&[(&na, "10.231.0.1/24"), (&nb, "10.231.0.2/24")]);
+    let mut a = Studio::with_node_in(&na, "0.0.0.0:0");
+    let mut b = Studio::with_node_in(&nb, "0.0.0.0:0");
+    let p = new_project(&a, "Room");
+    b.ok(&["join", &invite(&a, &p)]);
+    converged(&a, &b, &p);
+    a.node.take().unwrap().stop();
+    b.node.take().unwrap().stop();
+    na.set_address("10.231.0.11/24");
+    nb.set_address("10.231.0.12/24");
+    a.start_node("0.0.0.0:0");
+    b.start_node("0.0.0.0:0");
+    a.ok(&["track", "add", &p, "After the move"]);
+    wait_until(CONVERGE_TIMEOUT, "B to find A on the LAN and sync", || {
+        track_names(&b.show(&p)).contains(&"After the move")
+    });
+    let log = node_log(&b);
+    assert!(log.contains("found a member on the LAN"), "{log}");
+}
+
+/// Everything a studio's node has logged.
+fn node_log(s: &Studio) -> String {
+    let dir = s.path().join("logs");
+    let mut all = String::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        all.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default());
+    }
+    all
+}
+
+#[test]
 fn edits_travel_a_line_through_the_middle_node() {
     // A — B — C, each in its own network namespace; B's does not forward,
     // so A and C can never reach each other, whatever gossip tells them.

@@ -42,7 +42,8 @@ enum Command {
     /// Show what an audio file holds: format, channels, rate, duration, loudness.
     Probe(ProbeArgs),
     /// Run this laptop's node until Ctrl-C: it owns the data dir, serves the
-    /// local API (other commands go through it) and, later, syncs.
+    /// local API (other commands go through it), finds the other members on
+    /// the LAN (mDNS) and syncs with every member it can reach.
     Up {
         /// Where the network endpoint listens [default: 0.0.0.0, any port].
         #[arg(long, value_name = "ADDR:PORT")]
@@ -53,6 +54,10 @@ enum Command {
         /// A self-hosted relay for reaching sites behind NAT [default: none].
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
+        /// Do not look for members on the LAN (mDNS). A node bound to
+        /// loopback never does.
+        #[arg(long)]
+        no_discovery: bool,
     },
     /// Is a node running for this data dir, and what is it doing?
     Status {
@@ -471,8 +476,18 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
     let dir =
         meshstudio_store::resolve_data_dir(data_dir).map_err(|e| report_line(&e.to_string()))?;
     let (request, json) = match command {
-        Command::Up { bind, api, relay } => {
-            let opts = crate::node::UpOptions { bind, api, relay };
+        Command::Up {
+            bind,
+            api,
+            relay,
+            no_discovery,
+        } => {
+            let opts = crate::node::UpOptions {
+                bind,
+                api,
+                relay,
+                no_discovery,
+            };
             return crate::node::up(&dir, opts).map_err(|e| report_line(&e));
         }
         Command::Status { json } => return studio::status(&dir, json),

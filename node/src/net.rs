@@ -7,6 +7,7 @@
 //! is the project model's business, where it is stored the store's.
 
 pub mod blob_gate;
+pub mod discovery;
 pub mod fetch;
 pub mod frame;
 pub mod gossip;

@@ -31,7 +31,11 @@ pub fn init(data_dir: &Path) -> Result<WorkerGuard, String> {
             )
         })?;
     let (file, guard) = tracing_appender::non_blocking(appender);
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // libp2p logs every mDNS answer and dial at info/debug: routine, not news.
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,libp2p_mdns=warn,libp2p_swarm=warn"))
+    };
     tracing_subscriber::registry()
         .with(
             fmt::layer()

@@ -19,7 +19,7 @@ use crate::net::hub::{Gate, Hub, member_union};
 use crate::net::join::JoinProtocol;
 use crate::net::sync::SyncProtocol;
 use crate::net::{JOIN_ALPN, SYNC_ALPN};
-use crate::net::{blob_gate, gossip, peers};
+use crate::net::{blob_gate, discovery, gossip, peers};
 use crate::request::{Context, NetHandle, RequestError};
 
 /// The API's usual address; taken → a free port (several nodes on one machine).
@@ -39,6 +39,8 @@ pub struct UpOptions {
     pub api: Option<SocketAddr>,
     /// A self-hosted relay; none by default (offline is the normal case).
     pub relay: Option<String>,
+    /// No LAN discovery (mDNS).
+    pub no_discovery: bool,
 }
 
 pub fn up(data_dir: &Path, opts: UpOptions) -> Result<(), String> {
@@ -160,6 +162,13 @@ async fn serve(
         )
         .spawn();
     redial_remembered(&hub).await;
+    let bind = opts.bind.unwrap_or(DEFAULT_BIND);
+    if discovery::wanted(bind, opts.no_discovery) {
+        // Without discovery the node still syncs with the members it knows.
+        if let Err(e) = discovery::spawn(hub.clone(), secret, bind.ip()) {
+            tracing::warn!(error = %e, "LAN discovery is off");
+        }
+    }
     gossip::join_all(&hub).await;
     tokio::spawn(gossip::follow_changes(hub.clone()));
     tokio::spawn(hub.clone().measure_rate());
