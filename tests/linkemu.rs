@@ -41,12 +41,31 @@ impl LinkEmu {
     }
 }
 
+impl LinkEmu {
+    /// Stops the emulator; returns its counters per direction (`a_to_b`, `b_to_a`).
+    pub fn stop(mut self) -> serde_json::Value {
+        self.terminate();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+        }
+        let last = err.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|_| panic!("linkemu counters: {err}"))
+    }
+
+    /// SIGTERM (the emulator then prints its counters), once.
+    fn terminate(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = self.child.id().to_string();
+            let _ = Command::new("kill").arg(pid).status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for LinkEmu {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+        self.terminate();
     }
 }
 

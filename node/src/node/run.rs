@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use iroh::endpoint::presets;
+use iroh::endpoint::{QuicTransportConfig, presets};
 use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
 use meshstudio_store::{StoreError, init_identity};
 
@@ -28,6 +28,8 @@ pub const DEFAULT_API: SocketAddr =
 /// Where the endpoint listens unless `--bind` says otherwise: every
 /// interface, a port the OS picks.
 const DEFAULT_BIND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+/// The QUIC datagram size a connection starts with (UDP payload bytes).
+const INITIAL_MTU: u16 = 1452;
 /// Worker threads of the node's runtime (requests run on blocking threads).
 const RUNTIME_THREADS: usize = 2;
 
@@ -256,7 +258,16 @@ async fn bind_endpoint(
         None => RelayMode::Disabled,
     };
     let bind = opts.bind.unwrap_or(DEFAULT_BIND);
+    // Start at the largest datagram MTU discovery would reach (1452 B of
+    // UDP payload fits every 1500-byte path, PPPoE's 1492 too) instead of
+    // 1200: ~4 % less framing on the wire from the first packet. A path
+    // that cannot carry it loses the packets, and black-hole detection
+    // falls back to 1200.
+    let transport = QuicTransportConfig::builder()
+        .initial_mtu(INITIAL_MTU)
+        .build();
     Endpoint::builder(presets::Minimal)
+        .transport_config(transport)
         .secret_key(SecretKey::from_bytes(secret))
         .hooks(gate)
         .relay_mode(relay)
