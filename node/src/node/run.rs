@@ -245,6 +245,31 @@ async fn redial_remembered(hub: &Arc<Hub>) {
     }
 }
 
+/// Environment: the QUIC congestion controller (`bbr`, `cubic`, `newreno`),
+/// for measuring links; the default is BBR (see `DEFAULT_CONGESTION`).
+const CONGESTION_ENV: &str = "MESHSTUDIO_CONGESTION";
+/// BBR: a site's link loses packets to noise, not only to congestion, and
+/// loss-based controllers (cubic, new reno) slow down for every loss;
+/// `scripts/bench/sync` measures both through the link emulator.
+const DEFAULT_CONGESTION: &str = "bbr";
+
+type ControllerFactory = Arc<dyn iroh::endpoint::ControllerFactory + Send + Sync>;
+
+fn congestion_controller() -> Result<ControllerFactory, String> {
+    use noq_proto::congestion::{Bbr3Config, CubicConfig, NewRenoConfig};
+    let name = std::env::var(CONGESTION_ENV).unwrap_or_else(|_| DEFAULT_CONGESTION.into());
+    Ok(match name.as_str() {
+        "bbr" => Arc::new(Bbr3Config::default()),
+        "cubic" => Arc::new(CubicConfig::default()),
+        "newreno" => Arc::new(NewRenoConfig::default()),
+        other => {
+            return Err(format!(
+                "{CONGESTION_ENV}={other}: choose bbr, cubic or newreno"
+            ));
+        }
+    })
+}
+
 async fn bind_endpoint(
     opts: &UpOptions,
     secret: &[u8; 32],
@@ -265,6 +290,7 @@ async fn bind_endpoint(
     // falls back to 1200.
     let transport = QuicTransportConfig::builder()
         .initial_mtu(INITIAL_MTU)
+        .congestion_controller_factory(congestion_controller()?)
         .build();
     Endpoint::builder(presets::Minimal)
         .transport_config(transport)
