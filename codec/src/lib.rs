@@ -30,7 +30,7 @@ pub use decode::{AudioReader, SourceInfo};
 pub use error::{CodecError, Result};
 pub use flac::{FlacReport, encode_flac};
 pub use guard::install_panic_hook;
-pub use midi::{MidiEvent, MidiTrack, SmfTiming, parse_smf, write_smf};
+pub use midi::{MidiEvent, MidiTrack, SmfTiming, merge_tracks, parse_smf, write_smf};
 pub use ogg_opus::{OggOpusReader, OggOpusWriter, OpusSettings};
 pub use pipeline::{
     DecodeReport, EncodeReport, Observer, ProbeReport, Quiet, decode_wav, encode_opus, probe,

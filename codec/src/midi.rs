@@ -30,6 +30,9 @@ pub const MAX_SMF_BYTES: usize = 16 << 20;
 pub const MAX_SMF_TRACKS: usize = 256;
 /// Most events in one file, all tracks together (about 16 MiB in memory).
 pub const MAX_SMF_EVENTS: usize = 1 << 20;
+/// Most channel events `write_smf` writes: room is left for its own meta
+/// events, so whatever we write, `parse_smf` reads back.
+pub const MAX_WRITTEN_EVENTS: usize = MAX_SMF_EVENTS - 64;
 /// Longest track name we keep, in characters.
 const MAX_NAME_CHARS: usize = 64;
 /// The largest delta time an SMF event can carry (28 bits).
@@ -235,12 +238,9 @@ fn to_frames(header: &Header, tracks: Vec<TickTrack>) -> Result<Vec<MidiTrack>> 
     };
     tracks
         .into_iter()
-        .map(|t| {
-            let clock = match &shared {
-                Some(clock) => clock.clone(),
-                None => TickClock::new(header.timing, t.tempos.clone())?,
-            };
-            track_frames(&clock, t)
+        .map(|t| match &shared {
+            Some(clock) => track_frames(clock, t),
+            None => track_frames(&TickClock::new(header.timing, t.tempos.clone())?, t),
         })
         .collect()
 }
@@ -263,7 +263,6 @@ fn track_frames(clock: &TickClock, t: TickTrack) -> Result<MidiTrack> {
 }
 
 /// Ticks to 48 kHz frames, exactly (integer arithmetic, rounded down).
-#[derive(Clone)]
 enum TickClock {
     /// Ticks per quarter note and a tempo map: (tick, µs per quarter, the
     /// frame-numerator where that tempo starts, in frames × ppq × 10⁶).
@@ -345,16 +344,29 @@ pub enum SmfTiming {
     },
 }
 
+/// Every track's events on one timeline, in time order (each track's own
+/// order kept within a frame).
+pub fn merge_tracks(tracks: Vec<MidiTrack>) -> Vec<MidiEvent> {
+    let mut events: Vec<MidiEvent> = tracks.into_iter().flat_map(|t| t.events).collect();
+    events.sort_by_key(|e| e.frame);
+    events
+}
+
 /// Writes one track as a format-0 Standard MIDI File. Events must be in
-/// time order; they are written at their frames converted to ticks.
+/// time order; they are written at their frames converted to ticks. Like
+/// `parse_smf`, it keeps to the limits: frames past 6 h are held at 6 h
+/// and at most `MAX_WRITTEN_EVENTS` events are written, so whatever comes
+/// from a peer's document or a very long take, the file reads back.
 pub fn write_smf(name: &str, events: &[MidiEvent], end_frame: u64, timing: SmfTiming) -> Vec<u8> {
+    let events = &events[..events.len().min(MAX_WRITTEN_EVENTS)];
+    let end_frame = end_frame.min(MAX_STEM_FRAMES);
     let (ppq, tempo_us) = match timing {
         SmfTiming::Frames => (FRAME_TICKS_PER_QUARTER, DEFAULT_TEMPO_US),
         SmfTiming::Song { bpm, .. } => (EXPORT_TICKS_PER_QUARTER, tempo_us(bpm)),
     };
     let to_tick = |frame: u64| -> u64 {
         // frame / 48000 s × 10⁶ / tempo_us quarters × ppq ticks, rounded.
-        let num = u128::from(frame) * u128::from(ppq) * 1_000_000;
+        let num = u128::from(frame.min(MAX_STEM_FRAMES)) * u128::from(ppq) * 1_000_000;
         let den = u128::from(tempo_us) * u128::from(STEM_RATE_HZ);
         ((num + den / 2) / den) as u64
     };
@@ -566,6 +578,17 @@ mod tests {
         let events = [note(1, true, 60, 1), note(far, false, 60, 0)];
         let back = parse_smf(&write_smf("", &events, far, SmfTiming::Frames)).expect("parses");
         assert_eq!(back[0].events[1].frame, far);
+    }
+
+    #[test]
+    fn what_we_write_always_reads_back() {
+        let far = note(u64::MAX / 2, true, 60, 1);
+        let bytes = write_smf("", &[far], u64::MAX, SmfTiming::Frames);
+        let back = parse_smf(&bytes).expect("parses");
+        assert_eq!(back[0].events[0].frame, MAX_STEM_FRAMES);
+        let many = vec![note(1, true, 60, 1); MAX_SMF_EVENTS];
+        let back = parse_smf(&write_smf("", &many, 1, SmfTiming::Frames)).expect("parses");
+        assert_eq!(back[0].events.len(), MAX_WRITTEN_EVENTS);
     }
 
     #[test]

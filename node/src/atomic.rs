@@ -1,6 +1,7 @@
 //! Files appear whole or not at all: written to a temp file next to
 //! the target, synced, then renamed over it. Dropping an `AtomicFile`
-//! (error, Ctrl-C) deletes the temp file.
+//! (error, Ctrl-C) deletes the temp file. And files are read with a
+//! limit (`read_capped`), never whole whatever their size.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
@@ -90,4 +91,16 @@ impl Seek for TrackedWriter {
         let r = self.inner.seek(pos);
         self.track(r)
     }
+}
+
+/// Reads all of `path`, refusing (`InvalidData`) a file over `max` bytes
+/// without reading more than one byte past the limit.
+pub fn read_capped(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(File::open(path)?, max + 1), &mut bytes)?;
+    if bytes.len() as u64 > max {
+        let why = format!("larger than {max} bytes");
+        return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+    }
+    Ok(bytes)
 }

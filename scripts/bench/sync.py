@@ -121,13 +121,25 @@ def ours(a, b, a_dir, project, congestion):
         shutil.rmtree(b_dir, ignore_errors=True)
 
 
+# python's http.server whose listening socket (and so every connection it
+# accepts) uses the TCP congestion control in argv[1]: a namespace's sysctl
+# cannot be changed in this container, a socket's can.
+HTTP_SERVER = """
+import functools, http.server, socket, sys
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, sys.argv[1].encode())
+        super().server_bind()
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[4])
+Server((sys.argv[2], int(sys.argv[3])), handler).serve_forever()
+"""
+
+
 def curl(a, b, blob, tcp_cc):
-    """Seconds curl in b needs for `blob` served by python's http.server in a."""
-    run("sysctl", "-qw", f"net.ipv4.tcp_congestion_control={tcp_cc}", ns=a.name)
-    run("sysctl", "-qw", f"net.ipv4.tcp_congestion_control={tcp_cc}", ns=b.name)
+    """Seconds curl in b needs for `blob` served over TCP `tcp_cc` from a."""
     server = subprocess.Popen(
-        ["ip", "netns", "exec", a.name, sys.executable, "-m", "http.server", str(HTTP_PORT),
-         "--bind", A_IP, "--directory", os.path.dirname(blob)],
+        ["ip", "netns", "exec", a.name, sys.executable, "-c", HTTP_SERVER, tcp_cc, A_IP,
+         str(HTTP_PORT), os.path.dirname(blob)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://{A_IP}:{HTTP_PORT}/{os.path.basename(blob)}"
@@ -162,14 +174,14 @@ def profile(binary, work, p):
                 with open(f, "rb") as src:
                     shutil.copyfileobj(src, out)
         ideal = total * 8 / (p["kbit"] * 1000)
-        results = {}
+        print(f"\nprofile {p['name']}: {p['kbit'] / 1000:g} Mbit/s, {2 * p['delay_ms']} ms RTT, "
+              f"{p['loss'] * 100:g} % loss; {total} B; ideal {ideal:.1f} s", flush=True)
         for cc in CONTROLLERS:
             a.stop()
             a.start(a_dir, cc)
-            results[f"ours ({cc})"] = [ours(a, b, a_dir, project, cc) for _ in range(RUNS)]
+            report(f"ours ({cc})", ideal, [ours(a, b, a_dir, project, cc) for _ in range(RUNS)])
         for cc in ("cubic", "bbr"):
-            results[f"curl tcp {cc}"] = [curl(a, b, blob, cc) for _ in range(RUNS)]
-        report(p, total, ideal, results)
+            report(f"curl tcp {cc}", ideal, [curl(a, b, blob, cc) for _ in range(RUNS)])
     finally:
         emu.terminate()
         emu.wait()
@@ -177,14 +189,10 @@ def profile(binary, work, p):
         b.close()
 
 
-def report(p, total, ideal, results):
-    print(f"\nprofile {p['name']}: {p['kbit'] / 1000:g} Mbit/s, {2 * p['delay_ms']} ms RTT, "
-          f"{p['loss'] * 100:g} % loss; {total} B; ideal {ideal:.1f} s")
-    for name, times in results.items():
-        med = statistics.median(times)
-        runs = ", ".join(f"{t:.1f}" for t in times)
-        print(f"  {name:<16} median {med:7.1f} s = {med / ideal:5.2f}x ideal   (runs: {runs})")
-    sys.stdout.flush()
+def report(name, ideal, times):
+    med = statistics.median(times)
+    runs = ", ".join(f"{t:.1f}" for t in times)
+    print(f"  {name:<16} median {med:7.1f} s = {med / ideal:5.2f}x ideal   (runs: {runs})", flush=True)
 
 
 def main():

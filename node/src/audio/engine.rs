@@ -396,10 +396,17 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
         {
             outcome.error.get_or_insert(e);
         }
+        // A MIDI log that fails keeps what it wrote: the take is committed
+        // from it, and the failure reported as the session's error.
         if let Some(m) = midi_thread {
-            m.join()
-                .map_err(|_| EngineError::Io("the MIDI take's thread failed".into()))?
-                .map_err(|e| EngineError::Io(format!("cannot write the MIDI take: {e}")))?;
+            let written = m
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("it panicked")));
+            if let Err(e) = written {
+                outcome
+                    .error
+                    .get_or_insert(format!("cannot write the MIDI take: {e}"));
+            }
         }
         if let Some(d) = disk_thread {
             let report: DiskReport = d

@@ -2,7 +2,7 @@
 //! events our own SMF parser produced — never through the synth's file
 //! parser, so every byte from a file or a peer went through our limits.
 
-use std::io::Read;
+use crate::atomic::read_capped;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -37,17 +37,7 @@ impl SoundFont {
     /// by the synth, and says so.
     pub fn load(path: &Path) -> Result<SoundFont, String> {
         let fail = |why: String| format!("SoundFont {}: {why}", path.display());
-        let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-        let mut bytes = Vec::new();
-        file.take(MAX_SOUNDFONT_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| fail(e.to_string()))?;
-        if bytes.len() as u64 > MAX_SOUNDFONT_BYTES {
-            return Err(fail(format!(
-                "larger than {} MiB",
-                MAX_SOUNDFONT_BYTES >> 20
-            )));
-        }
+        let bytes = read_capped(path, MAX_SOUNDFONT_BYTES).map_err(|e| fail(e.to_string()))?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
         // The font parser is not ours: a broken file must not take the node down.
         let parsed = std::panic::catch_unwind(|| {

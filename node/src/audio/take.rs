@@ -266,15 +266,16 @@ impl MidiLog {
 }
 
 /// Reads a MIDI take back: every whole record, in order (a torn last one
-/// is dropped); at most `MAX_SMF_EVENTS`; records that are not channel
-/// messages (a damaged file) are skipped.
+/// is dropped); at most what an SMF of ours holds; records that are not
+/// channel messages (a damaged file) are skipped.
 pub fn read_midi_log(path: &Path) -> std::io::Result<Vec<MidiEvent>> {
-    use meshstudio_codec::midi::MAX_SMF_EVENTS;
-    let max = (MIDI_LOG_MAGIC.len() + MAX_SMF_EVENTS * MIDI_RECORD_BYTES) as u64;
+    use meshstudio_codec::midi::MAX_WRITTEN_EVENTS;
+    let max = (MIDI_LOG_MAGIC.len() + MAX_WRITTEN_EVENTS * MIDI_RECORD_BYTES) as u64;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(File::open(path)?, max), &mut bytes)?;
     let Some(records) = bytes.strip_prefix(MIDI_LOG_MAGIC) else {
-        return Err(std::io::Error::other("not a meshstudio MIDI take"));
+        let why = "not a meshstudio MIDI take";
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
     };
     Ok(records
         .chunks_exact(MIDI_RECORD_BYTES)
@@ -291,14 +292,25 @@ pub struct MidiDisk {
     pub log: MidiLog,
 }
 
+/// After `stop`, how long the MIDI take waits for the output to close (its
+/// callback may still stamp the last note-offs): the ring's producer goes
+/// with the stream, but a dead device's stream is never closed.
+const MIDI_STOP_GRACE: Duration = Duration::from_millis(500);
+
 impl MidiDisk {
-    /// Drains the ring into the log until `stop`; returns the events written.
+    /// Drains the ring into the log until the output that fills it is gone
+    /// (or `stop` plus `MIDI_STOP_GRACE`); returns the events written.
     pub fn run(mut self, stop: &AtomicBool) -> std::io::Result<u64> {
         let mut batch = Vec::with_capacity(self.ring.buffer().capacity());
         let mut written = 0u64;
         let mut last_checkpoint = std::time::Instant::now();
+        let mut stopped_at = None;
         loop {
-            let stopping = stop.load(Ordering::Acquire);
+            let gone = self.ring.is_abandoned();
+            if stop.load(Ordering::Acquire) {
+                stopped_at.get_or_insert_with(std::time::Instant::now);
+            }
+            let done = gone || stopped_at.is_some_and(|t| t.elapsed() >= MIDI_STOP_GRACE);
             batch.clear();
             while let Ok(e) = self.ring.pop() {
                 batch.push(e);
@@ -306,11 +318,11 @@ impl MidiDisk {
             self.log.write(&batch)?;
             written += batch.len() as u64;
             let due = last_checkpoint.elapsed().as_millis() as u64 >= 1000 / CHECKPOINTS_PER_SECOND;
-            if stopping || due {
+            if done || due {
                 self.log.checkpoint()?;
                 last_checkpoint = std::time::Instant::now();
             }
-            if stopping {
+            if done {
                 return Ok(written);
             }
             std::thread::sleep(IDLE);

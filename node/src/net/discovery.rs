@@ -14,6 +14,7 @@
 //! to loopback runs none (nothing multicasts off it), nor does one started
 //! with `--no-discovery`.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,17 +91,19 @@ pub fn spawn(hub: Arc<Hub>, secret: &[u8; 32], bind: IpAddr) -> Result<(), Strin
         .listen_on(listen)
         .map_err(|e| format!("discovery cannot listen on {bind}: {e}"))?;
     tokio::spawn(async move {
+        let mut seen = HashMap::new();
         loop {
             let event = swarm.select_next_some().await;
-            on_event(&hub, &mut swarm, event).await;
+            on_event(&hub, &mut swarm, &mut seen, event);
         }
     });
     Ok(())
 }
 
-async fn on_event(
+fn on_event(
     hub: &Arc<Hub>,
     swarm: &mut libp2p::Swarm<Discovery>,
+    seen: &mut HashMap<PeerId, IpAddr>,
     event: SwarmEvent<DiscoveryEvent>,
 ) {
     match event {
@@ -112,11 +115,38 @@ async fn on_event(
                 }
             }
         }
+        SwarmEvent::ConnectionEstablished {
+            peer_id, endpoint, ..
+        } => {
+            // Where the peer is now, as its own connection shows: its iroh
+            // port at this address still works after it moved.
+            if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                seen.insert(peer_id, ip);
+            }
+        }
         SwarmEvent::Behaviour(DiscoveryEvent::Identify(identify::Event::Received {
             peer_id,
             info,
             ..
-        })) => heard_of(hub, &peer_id, &info.agent_version).await,
+        })) => {
+            let mut addrs = parse_agent(&info.agent_version);
+            if let (Some(ip), Some(port)) = (seen.get(&peer_id), addrs.first().map(|a| a.port())) {
+                let observed = SocketAddr::new(*ip, port);
+                if !addrs.contains(&observed) {
+                    addrs.insert(0, observed);
+                    addrs.truncate(MAX_PEER_ADDRS);
+                }
+            }
+            // Off the swarm's task: learning an address waits on the request context.
+            tokio::spawn(heard_of(hub.clone(), peer_id, addrs));
+        }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            num_established: 0,
+            ..
+        } => {
+            seen.remove(&peer_id);
+        }
         SwarmEvent::OutgoingConnectionError { error, .. } => {
             tracing::debug!(%error, "discovery dial failed");
         }
@@ -124,12 +154,20 @@ async fn on_event(
     }
 }
 
+/// The IP a libp2p address points at.
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    match addr.iter().next()? {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    }
+}
+
 /// A peer told us its iroh addresses: if it is a member, dial it there.
-async fn heard_of(hub: &Arc<Hub>, peer: &PeerId, agent: &str) {
-    let Some(id) = endpoint_id(peer) else {
+async fn heard_of(hub: Arc<Hub>, peer: PeerId, addrs: Vec<SocketAddr>) {
+    let Some(id) = endpoint_id(&peer) else {
         return;
     };
-    let addrs = parse_agent(agent);
     let member = hub
         .members
         .read()
@@ -139,7 +177,7 @@ async fn heard_of(hub: &Arc<Hub>, peer: &PeerId, agent: &str) {
         return;
     }
     tracing::info!(peer = %id, ?addrs, "found a member on the LAN");
-    super::gossip::learned_addrs(hub, id, addrs).await;
+    super::gossip::learned_addrs(&hub, id, addrs).await;
 }
 
 /// This node's iroh addresses, as identify carries them.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use meshstudio_codec::midi::{MAX_SMF_BYTES, MidiEvent, parse_smf};
+use meshstudio_codec::midi::{MAX_SMF_BYTES, MidiEvent, merge_tracks, parse_smf};
 use meshstudio_codec::{
     AudioReader, Loudness, Observer, OggOpusWriter, OpusSettings, WavFormat, WavWriter,
     channels::default_layout,
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Context, RequestError, Result, resolve};
-use crate::atomic::{AtomicFile, TrackedWriter};
+use crate::atomic::{AtomicFile, TrackedWriter, read_capped};
 use crate::audio::mixdown::{ClipSource, MixError, mixdown};
 use crate::audio::render::{Mix, MixClip, MixTrack};
 use crate::audio::stem::StemClip;
@@ -301,9 +301,16 @@ impl SongAudio {
         let stem = self.stems[t][c].as_ref().expect("checked by fetch_stems");
         let clip = &self.mix.tracks[t].clips[c];
         if stem.midi {
+            // The clip plays what export-midi writes for it: its window of
+            // events, notes started before the window left out.
             let font = self.font.as_ref().expect("loaded with the MIDI clips");
-            let events = self.midi[&stem.hash].clone();
-            return MidiClip::open(font, events, clip.offset, (t, c), &stem.name)
+            let window = super::midi::Window {
+                start: 0,
+                offset: clip.offset,
+                length: clip.length,
+            };
+            let events = super::midi::place(window, &self.midi[&stem.hash]);
+            return MidiClip::open(font, events.into(), 0, (t, c), &stem.name)
                 .map(|m| Box::new(m) as Box<dyn ClipSource>);
         }
         StemClip::open(&self.files[&stem.hash], clip.offset, (t, c), &stem.name)
@@ -338,7 +345,7 @@ fn soundfont_warning(view: &ProjectView, font: &SoundFont) -> Option<String> {
             "this project's MIDI tracks were made with the SoundFont {} ({}); this node plays \
              them with {} ({}), so they sound different here than at other sites",
             view.soundfont.as_deref().unwrap_or("?"),
-            &hash[..hash.len().min(12)],
+            hash.chars().take(12).collect::<String>(),
             font.name,
             &font.hash[..12],
         )
@@ -373,17 +380,9 @@ fn midi_events(path: &Path, name: &str, hash: &Hash) -> Result<Arc<[MidiEvent]>>
             &hash.to_hex()[..12]
         ))
     };
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(file, MAX_SMF_BYTES as u64 + 1),
-        &mut bytes,
-    )
-    .map_err(|e| fail(e.to_string()))?;
+    let bytes = read_capped(path, MAX_SMF_BYTES as u64).map_err(|e| fail(e.to_string()))?;
     let tracks = parse_smf(&bytes).map_err(|e| fail(e.to_string()))?;
-    let mut events: Vec<MidiEvent> = tracks.into_iter().flat_map(|t| t.events).collect();
-    events.sort_by_key(|e| e.frame); // stable: each track's order kept within a frame
-    Ok(events.into())
+    Ok(merge_tracks(tracks).into())
 }
 
 /// Copies every stem the mix needs out of the blob store; fails naming

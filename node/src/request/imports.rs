@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use meshstudio_codec::midi::{
-    MAX_SMF_BYTES, MidiEvent, MidiTrack, SmfTiming, parse_smf, write_smf,
+    MAX_SMF_BYTES, MidiTrack, SmfTiming, merge_tracks, parse_smf, write_smf,
 };
 use meshstudio_codec::{AudioReader, CodecError, Observer, encode_opus};
 use meshstudio_store::Hash;
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::bounce::{MIDI_KIND, local_soundfont};
 use super::failpoint;
 use super::{Context, RequestError, Result, edit, new_track, next_order, song_frames, writable};
+use crate::atomic::read_capped;
 use crate::audio::synth::MIDI_TAIL_FRAMES;
 use crate::project::doc::key;
 use crate::project::ops::{Change, Fields};
@@ -181,7 +182,7 @@ fn import_midi(
         path: file.to_path_buf(),
         reason,
     };
-    let bytes = read_capped(file, MAX_SMF_BYTES).map_err(fail)?;
+    let bytes = read_capped(file, MAX_SMF_BYTES as u64).map_err(|e| fail(e.to_string()))?;
     let playing: Vec<MidiTrack> = parse_smf(&bytes)
         .map_err(|e| fail(e.to_string()))?
         .into_iter()
@@ -197,18 +198,19 @@ fn import_midi(
         Some(name) => vec![merged(name, playing)],
         None => named_parts(&file_stem(file), playing),
     };
+    let news = parts.iter().map(|part| NewClip {
+        track: &part.name,
+        reuse: track.is_some(),
+        start,
+        source: source.clone(),
+        master: None,
+        kind: TrackKind::Midi,
+    });
+    // One edit for the whole file: a failure leaves no half-imported song.
+    let added = add_midi_clips(ctx, p, news.zip(&parts).collect())?;
     let mut replies = Vec::new();
     let mut longest = 0;
-    for part in parts {
-        let new = NewClip {
-            track: &part.name,
-            reuse: track.is_some(),
-            start,
-            source: source.clone(),
-            master: None,
-            kind: TrackKind::Midi,
-        };
-        let added = add_midi_clip(ctx, p, new, &part)?;
+    for (part, added) in parts.iter().zip(added) {
         longest = longest.max(added.frames);
         replies.push(json!({
             "file": file,
@@ -227,45 +229,50 @@ fn import_midi(
 }
 
 /// Adds `track` as a MIDI clip (an SMF blob) as `new` says: how a MIDI
-/// file's track is imported, and how a MIDI take becomes a clip. The
-/// project's first MIDI clip records the SoundFont it is heard with.
+/// take becomes a clip.
 pub fn add_midi_clip(
     ctx: &mut Context,
     p: &ProjectDoc,
     new: NewClip,
     track: &MidiTrack,
 ) -> Result<AddedClip> {
-    let stem = midi_blob(ctx, track)?;
-    let extra = soundfont_changes(ctx, p);
-    let (track, clip) = add_clip(ctx, p, &new, &stem, extra)?;
-    Ok(AddedClip {
-        track,
-        clip,
-        blob: stem.hash.to_hex().to_string(),
-        frames: stem.frames,
-    })
+    let mut added = add_midi_clips(ctx, p, vec![(new, track)])?;
+    Ok(added.pop().expect("one clip added"))
 }
 
-/// Reads a whole file of at most `max` bytes.
-fn read_capped(file: &Path, max: usize) -> std::result::Result<Vec<u8>, String> {
-    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(f, max as u64 + 1), &mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() > max {
-        return Err(format!("larger than {max} bytes"));
+/// Adds each track as a MIDI clip (an SMF blob), all in one edit. The
+/// project's first MIDI clip records the SoundFont it is heard with.
+fn add_midi_clips(
+    ctx: &mut Context,
+    p: &ProjectDoc,
+    parts: Vec<(NewClip, &MidiTrack)>,
+) -> Result<Vec<AddedClip>> {
+    let mut changes = soundfont_changes(ctx, p);
+    let mut added = Vec::new();
+    let label = format!(
+        "import {}",
+        parts.first().map_or("", |(n, _)| n.source.as_str())
+    );
+    for (new, track) in &parts {
+        let stem = midi_blob(ctx, track)?;
+        let (track, clip) = clip_changes(p, new, &stem, &mut changes)?;
+        added.push(AddedClip {
+            track,
+            clip,
+            blob: stem.hash.to_hex().to_string(),
+            frames: stem.frames,
+        });
     }
-    Ok(bytes)
+    edit(ctx, p, &label, changes)?;
+    Ok(added)
 }
 
 /// Every track's events on one track, in time order.
 fn merged(name: &str, tracks: Vec<MidiTrack>) -> MidiTrack {
     let end_frame = tracks.iter().map(|t| t.end_frame).max().unwrap_or(0);
-    let mut events: Vec<MidiEvent> = tracks.into_iter().flat_map(|t| t.events).collect();
-    events.sort_by_key(|e| e.frame);
     MidiTrack {
         name: name.to_string(),
-        events,
+        events: merge_tracks(tracks),
         end_frame,
     }
 }
@@ -396,6 +403,19 @@ fn add_clip(
     stem: &Stem,
     mut changes: Vec<Change>,
 ) -> Result<(String, String)> {
+    let ids = clip_changes(p, new, stem, &mut changes)?;
+    edit(ctx, p, &format!("import {}", new.source), changes)?;
+    Ok(ids)
+}
+
+/// The changes that add a clip for `stem` as `new` says (and its track,
+/// if new), appended to `changes`; returns (track id, clip id).
+fn clip_changes(
+    p: &ProjectDoc,
+    new: &NewClip,
+    stem: &Stem,
+    changes: &mut Vec<Change>,
+) -> Result<(String, String)> {
     let (name, start) = (new.track, new.start);
     let existing = if new.reuse {
         find_track(p, name, new.kind)?
@@ -435,7 +455,6 @@ fn add_clip(
         clip: clip_id.clone(),
         fields,
     });
-    edit(ctx, p, &format!("import {source}"), changes)?;
     Ok((track_id, clip_id))
 }
 

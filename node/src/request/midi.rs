@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use meshstudio_codec::limits::MAX_STEM_FRAMES;
 use meshstudio_codec::midi::{MidiEvent, SmfTiming, write_smf};
 use serde_json::{Value, json};
 
@@ -31,15 +32,15 @@ pub fn export(ctx: &mut Context, project: &str, track: &str, out: &Path) -> Resu
     }
     let mut events = Vec::new();
     for clip in &t.clips {
-        let window = Window {
-            start: clip.start.max(0) as u64,
-            offset: clip.offset.max(0) as u64,
-            length: clip.length.max(0) as u64,
-        };
-        events.extend(place(window, &clip_midi(ctx, clip)?));
+        events.extend(place(Window::of(clip), &clip_midi(ctx, clip)?));
     }
     events.sort_by_key(|e| e.frame); // stable: each clip's order kept within a frame
-    let end = t.clips.iter().map(clip_end).max().unwrap_or(0);
+    let end = t
+        .clips
+        .iter()
+        .map(|c| Window::of(c).end())
+        .max()
+        .unwrap_or(0);
     let timing = SmfTiming::Song {
         bpm: view.tempo,
         beats_per_bar: view.beats_per_bar.clamp(1, 255) as u8,
@@ -56,16 +57,30 @@ pub fn export(ctx: &mut Context, project: &str, track: &str, out: &Path) -> Resu
     }))
 }
 
-fn clip_end(c: &ClipView) -> u64 {
-    (c.start.max(0) + c.length.max(0)) as u64
+/// Which part of a clip's events plays, and where (48 kHz frames).
+#[derive(Clone, Copy)]
+pub struct Window {
+    pub start: u64,
+    pub offset: u64,
+    pub length: u64,
 }
 
-/// Which part of a clip's events plays, and where.
-#[derive(Clone, Copy)]
-struct Window {
-    start: u64,
-    offset: u64,
-    length: u64,
+impl Window {
+    /// A clip's window, its fields (from any peer's document) held to the
+    /// longest song we accept.
+    pub fn of(c: &ClipView) -> Window {
+        let frames = |v: i64| (v.max(0) as u64).min(MAX_STEM_FRAMES);
+        Window {
+            start: frames(c.start),
+            offset: frames(c.offset),
+            length: frames(c.length),
+        }
+    }
+
+    /// Where the clip ends on the song timeline.
+    pub fn end(&self) -> u64 {
+        self.start + self.length
+    }
 }
 
 /// A recorded take's messages (output frames, in arrival order) as a clip's
@@ -88,7 +103,7 @@ pub fn take_events(played: &[MidiEvent], lead: i64) -> Vec<MidiEvent> {
 /// [offset, offset + length) moves to start + (frame − offset). Controller
 /// and program changes before the window still apply from its start; notes
 /// held when the window closes are released there.
-fn place(w: Window, events: &[MidiEvent]) -> Vec<MidiEvent> {
+pub fn place(w: Window, events: &[MidiEvent]) -> Vec<MidiEvent> {
     let (start, offset) = (w.start, w.offset);
     let window_end = offset + w.length;
     let at = |frame: u64| start + frame.clamp(offset, window_end) - offset;

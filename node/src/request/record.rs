@@ -6,6 +6,7 @@
 //! played) under a `recordings` row, so after a crash `recover` (run
 //! before the next command) turns it into a clip.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -550,8 +551,14 @@ fn commit_midi_take(
     row: &TakeRow,
     log: &Path,
 ) -> Result<Option<Value>> {
-    // A log that cannot be read back is an empty take: there is nothing to keep.
-    let played = read_midi_log(log).unwrap_or_default();
+    // A log that is missing, or was torn before its header reached the
+    // disk, holds nothing; any other read error is reported, and the take
+    // stays for a later `recover`.
+    let played = match read_midi_log(log) {
+        Ok(played) => played,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::InvalidData) => Vec::new(),
+        Err(e) => return Err(invalid(format!("cannot read take {id}: {e}"))),
+    };
     let take = super::midi::take_events(&played, row.at - row.origin);
     if !take.iter().any(MidiEvent::is_note_on) {
         discard_take(ctx, id);
@@ -606,10 +613,20 @@ fn discard_take(ctx: &mut Context, id: &str) {
 /// Drift below this is measurement noise, or too little to hear (10 ppm:
 /// 1.8 ms after three minutes).
 const MIN_CORRECTED_DRIFT_PPM: f64 = 10.0;
+/// Drift beyond this (1 %) is not drift: the take is left as captured.
+const MAX_CORRECTED_DRIFT_PPM: f64 = 10_000.0;
 
 /// The take's retiming onto the output's clock, when separate devices drifted apart.
 fn drift_ratio(outcome: &Outcome) -> Option<f64> {
     if !outcome.separate_devices {
+        return None;
+    }
+    // More than 1 % is a broken clock or a broken estimate, not drift.
+    if outcome
+        .drift_ppm
+        .is_some_and(|p| p.abs() > MAX_CORRECTED_DRIFT_PPM)
+    {
+        tracing::warn!(ppm = ?outcome.drift_ppm, "the devices' drift is implausible; the take is not retimed");
         return None;
     }
     let ppm = outcome
