@@ -114,8 +114,12 @@ def ours(a, b, a_dir, project, congestion):
         ticket = a.cli(a_dir, "invite", project).strip().splitlines()[-1]
         started = time.monotonic()
         b.cli(b_dir, "join", ticket)
+        joined = time.monotonic() - started
         b.cli(b_dir, "sync", project, "--wait", "--timeout", "1800")
-        return time.monotonic() - started
+        took = time.monotonic() - started
+        if os.environ.get("VERBOSE"):
+            print(f"    join {joined:.1f} s, then stems {took - joined:.1f} s", flush=True)
+        return took
     finally:
         b.stop()
         shutil.rmtree(b_dir, ignore_errors=True)
