@@ -267,16 +267,28 @@ impl Hub {
     }
 
     /// Keeps a connection to `addr`'s node: dials it (with backoff, for as
-    /// long as the node runs) unless that already happens.
+    /// long as the node runs) unless that already happens — and then, if
+    /// `addr` brings addresses and no connection is up, tries them once at
+    /// once: the running dialer may be waiting out its backoff on addresses
+    /// the peer has left.
     pub fn ensure_dialing(self: &Arc<Self>, addr: EndpointAddr) {
-        if addr.id.to_string() == self.me {
+        let peer = addr.id.to_string();
+        if peer == self.me {
             return;
         }
-        if addr.ip_addrs().next().is_some() {
+        let fresh = addr.ip_addrs().next().is_some();
+        if fresh {
             self.book.add_endpoint_info(addr.clone());
         }
         if self.net_state().dialing.insert(addr.id) {
             tokio::spawn(super::sync::dial_forever(self.clone(), addr));
+        } else if fresh && !self.is_connected(&peer) {
+            let hub = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = super::sync::dial(hub, addr).await {
+                    tracing::debug!(%peer, error = %e, "dial at new addresses failed");
+                }
+            });
         }
     }
 
