@@ -469,6 +469,38 @@ fn members_on_one_lan_find_each_other_after_both_moved() {
     assert!(log.contains("found a member on the LAN"), "{log}");
 }
 
+#[test]
+fn lan_only_keeps_stems_off_a_remote_link_while_state_syncs() {
+    let (na, nb) = (Netns::new(), Netns::new());
+    link(&na, "10.74.1.1/24", &nb, "10.74.1.2/24");
+    let a = Studio::with_node_in(&na, NS_BIND);
+    let b = Studio::with_node_in(&nb, NS_BIND);
+    let a_id = a.ok(&["id"]).trim().to_string();
+    let mark = format!("link:{a_id}");
+    b.ok(&["config", "set", "stems-policy", "lan-only"]);
+    b.ok(&["config", "set", &mark, "remote"]);
+    let p = new_project(&a, "Policy");
+    a.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Noise.wav")]);
+    b.ok(&["join", &invite(&a, &p)]);
+    // The state comes; the stem is held back (B says so once) and stays missing.
+    wait_until(CONVERGE_TIMEOUT, "the track on B", || {
+        track_names(&b.show(&p)).contains(&"Noise")
+    });
+    wait_until(CONVERGE_TIMEOUT, "B to hold the stem back", || {
+        node_log(&b).contains("stem held back")
+    });
+    let status: Value = serde_json::from_str(&b.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["sync"][0]["missing"], 1, "{status}");
+    assert!(
+        !b.run(&["mixdown", &p, s(&b.path().join("m.wav"))])
+            .status
+            .success()
+    );
+    // Marked LAN, the link carries stems again.
+    b.ok(&["config", "set", &mark, "lan"]);
+    b.ok(&["sync", &p, "--wait", "--timeout", "60"]);
+}
+
 /// Everything a studio's node has logged.
 fn node_log(s: &Studio) -> String {
     let dir = s.path().join("logs");

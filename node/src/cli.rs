@@ -370,7 +370,10 @@ enum ConfigCmd {
     /// studio's name), stem-bitrate (kbit/s of imported stems, 32–512;
     /// default 128 stereo / 96 mono), click-level-db (the metronome's
     /// level, -60..0; default -10), soundfont (the .sf2 MIDI tracks play
-    /// through; default /usr/share/sounds/sf2/TimGM6mb.sf2).
+    /// through; default /usr/share/sounds/sf2/TimGM6mb.sf2), stems-policy
+    /// (always, lan-only or never: which links stems may cross, both ways;
+    /// state always syncs), stems-policy:<node id> (the same for one peer),
+    /// link:<node id> (lan or remote; links count as LAN until marked).
     #[command(allow_negative_numbers = true)]
     Set { key: String, value: String },
 }

@@ -14,6 +14,7 @@ pub mod gossip;
 pub mod hub;
 pub mod join;
 pub mod peers;
+pub mod policy;
 pub mod proof;
 pub mod sync;
 pub mod ticket;

@@ -338,6 +338,11 @@ pub fn run_engine(
 }
 
 fn config_set(ctx: &mut Context, key: &str, value: &str) -> Result<Value> {
+    if let Some(checked) = crate::net::policy::check_setting(key, value) {
+        checked.map_err(RequestError::Invalid)?;
+        ctx.store()?.write(|w| w.set_setting(key, value))?;
+        return Ok(json!({ "key": key, "value": value }));
+    }
     if !CONFIG_KEYS.contains(&key) {
         return Err(RequestError::Invalid(format!(
             "unknown setting {key:?}; settings: {}",

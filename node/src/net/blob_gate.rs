@@ -14,6 +14,7 @@ use iroh_blobs::provider::events::{
 use meshstudio_store::Hash;
 
 use super::hub::Hub;
+use super::policy::stems_allowed;
 use crate::project::ProjectView;
 use crate::project::doc::members;
 
@@ -66,10 +67,12 @@ async fn judge(hub: &Arc<Hub>, peer: Option<EndpointId>, hash: Hash) -> Result<(
         return Err(AbortReason::Permission);
     };
     let who = peer.to_string();
-    let allowed = hub.with_ctx(move |ctx| may_fetch(ctx, &who, hash)).await;
+    let allowed = hub
+        .with_ctx(move |ctx| may_fetch(ctx, &who, hash) && stems_allowed(ctx, &who))
+        .await;
     tracing::debug!(%peer, hash = %hash.fmt_short(), allowed, "blob request");
     if !allowed {
-        tracing::warn!(%peer, hash = %hash.fmt_short(), "blob request refused: no shared project uses it");
+        tracing::warn!(%peer, hash = %hash.fmt_short(), "blob request refused: no shared project uses it, or the stems policy keeps stems off this link");
         return Err(AbortReason::Permission);
     }
     Ok(())

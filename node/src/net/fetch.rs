@@ -10,6 +10,7 @@ use meshstudio_store::{Hash, keep_stem};
 use tokio_stream::StreamExt;
 
 use super::hub::Hub;
+use super::policy::stems_allowed;
 use crate::project::ProjectView;
 
 /// A project's stems: hash and size (when the importer recorded it).
@@ -107,7 +108,20 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
                 .await
                 .is_some_and(|r| r.unwrap_or(false));
         }
-        let providers = hub.providers(&project, hash, peer);
+        let candidates = hub.providers(&project, hash, peer);
+        let providers = hub
+            .with_ctx(move |ctx| {
+                let allowed = |p: &EndpointId| stems_allowed(ctx, &p.to_string());
+                candidates.into_iter().filter(allowed).collect::<Vec<_>>()
+            })
+            .await;
+        if providers.is_empty() {
+            if hub.mark_held_back(hash) {
+                tracing::info!(hash = %hash.fmt_short(), "stem held back: the stems policy keeps it off every link it is on");
+            }
+            hub.end_fetch(hash, false);
+            continue;
+        }
         let hub = hub.clone();
         running.spawn(async move {
             let result = fetch_one(&hub, hash, providers).await;

@@ -56,6 +56,8 @@ pub struct NetState {
     /// Members that said they hold a stem, newest first.
     providers: HashMap<meshstudio_store::Hash, Vec<EndpointId>>,
     announced: HashSet<(String, meshstudio_store::Hash)>,
+    /// Stems the stems policy held back (each said once in the log).
+    held_back: HashSet<meshstudio_store::Hash>,
     /// Stems being downloaded now (so two sessions never fetch one twice),
     /// with the bytes of each already here.
     fetching: HashMap<meshstudio_store::Hash, u64>,
@@ -257,6 +259,11 @@ impl Hub {
         let mut seen = HashSet::new();
         out.retain(|p| seen.insert(*p));
         out
+    }
+
+    /// `true` the first time the stems policy holds `hash` back.
+    pub fn mark_held_back(&self, hash: meshstudio_store::Hash) -> bool {
+        self.net_state().held_back.insert(hash)
     }
 
     /// `true` the first time `hash` is announced on `project`.
