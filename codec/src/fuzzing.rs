@@ -44,7 +44,13 @@ pub fn smf_round_trip(data: &[u8]) -> Result<usize> {
             crate::midi::SmfTiming::Frames,
         );
         let back = crate::midi::parse_smf(&exact).expect("our own file parses");
-        assert_eq!(back[0].events, track.events, "frame timing round trip");
+        // write_smf keeps to the limits: at most MAX_WRITTEN_EVENTS of a track.
+        let kept = track.events.len().min(crate::midi::MAX_WRITTEN_EVENTS);
+        assert_eq!(
+            back[0].events,
+            track.events[..kept],
+            "frame timing round trip"
+        );
         let musical = crate::midi::write_smf(&track.name, &track.events, track.end_frame, song);
         let again = crate::midi::parse_smf(&musical).expect("our own file parses");
         assert_eq!(again[0].events.len(), track.events.len());
