@@ -332,6 +332,15 @@ fn take_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `record Song --midi <the keyboard> args…`, running, its output piped.
+fn record_keys(st: &Studio, kb: &Keyboard, args: &[&str]) -> std::process::Child {
+    st.command(&[&["record", "Song", "--midi", kb.name.as_str()][..], args].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits until a `record --midi` hears the keyboard: a harmless controller
 /// (general purpose #5), sent until the take's log on disk holds one —
 /// proof the output callbacks run. A recording that ended instead fails
@@ -378,22 +387,11 @@ fn a_keyboard_take_keeps_pitch_velocity_and_timing_and_sounds_live() {
     st.ok(&["project", "new", "Song"]);
     let mut kb = Keyboard::new("take");
     let heard = st.path().join("heard.wav");
-    let mut rec = st
-        .command(&[
-            "record",
-            "Song",
-            "--midi",
-            &kb.name,
-            "--seconds",
-            "4",
-            "--output",
-            s(&heard),
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut rec = record_keys(
+        &st,
+        &kb,
+        &["--seconds", "4", "--output", s(&heard), "--json"],
+    );
     wait_until_heard(&mut kb, &mut rec, st.path());
     let keys: Vec<(u8, u8)> = (0..8).map(|i| (60 + 2 * i, 30 + 12 * i)).collect();
     kb.send(&[0xB0, 64, 127]); // sustain pedal down
@@ -450,21 +448,7 @@ fn kill_9_mid_take_keeps_the_notes_played_until_a_second_before() {
     st.ok(&["project", "new", "Song"]);
     let mut kb = Keyboard::new("crash");
     let heard = st.path().join("heard.wav");
-    let mut rec = st
-        .command(&[
-            "record",
-            "Song",
-            "--midi",
-            &kb.name,
-            "--track",
-            "Keys",
-            "--output",
-            s(&heard),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut rec = record_keys(&st, &kb, &["--track", "Keys", "--output", s(&heard)]);
     wait_until_heard(&mut kb, &mut rec, st.path());
     let keys: Vec<(u8, u8)> = (0..6).map(|i| (48 + i, 100)).collect();
     play(
@@ -548,12 +532,10 @@ fn a_keyboard_take_lines_up_with_the_transport_after_a_count_in() {
     st.ok(&["project", "new", "Song"]); // 120 bpm, 4/4: a bar's count-in is 2 s
     let mut kb = Keyboard::new("count");
     let heard = st.path().join("heard.wav");
-    let mut rec = st
-        .command(&[
-            "record",
-            "Song",
-            "--midi",
-            &kb.name,
+    let mut rec = record_keys(
+        &st,
+        &kb,
+        &[
             "--count-in",
             "1",
             "--at",
@@ -563,11 +545,8 @@ fn a_keyboard_take_lines_up_with_the_transport_after_a_count_in() {
             "--output",
             s(&heard),
             "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     wait_until_heard(&mut kb, &mut rec, st.path());
     // A quiet note inside the count-in (the take drops it), a loud one after it.
     play(

@@ -98,6 +98,8 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
     let wanted = hub.with_ctx(move |ctx| referenced(ctx, &p)).await;
     let mut running = tokio::task::JoinSet::new();
     let mut got = false;
+    // Each provider's stems policy, read once per round, not once per stem.
+    let mut policy: std::collections::HashMap<EndpointId, bool> = Default::default();
     for hash in wanted {
         if hub.blobs.blobs().has(hash).await.unwrap_or(false) || !hub.start_fetch(hash) {
             continue; // here already, or another session is fetching it
@@ -109,12 +111,21 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
                 .is_some_and(|r| r.unwrap_or(false));
         }
         let candidates = hub.providers(&project, hash, peer);
-        let providers = hub
-            .with_ctx(move |ctx| {
-                let allowed = |p: &EndpointId| stems_allowed(ctx, &p.to_string());
-                candidates.into_iter().filter(allowed).collect::<Vec<_>>()
-            })
-            .await;
+        let unknown: Vec<EndpointId> = candidates
+            .iter()
+            .filter(|p| !policy.contains_key(*p))
+            .copied()
+            .collect();
+        if !unknown.is_empty() {
+            let verdicts = hub
+                .with_ctx(move |ctx| {
+                    let allowed = |p: EndpointId| (p, stems_allowed(ctx, &p.to_string()));
+                    unknown.into_iter().map(allowed).collect::<Vec<_>>()
+                })
+                .await;
+            policy.extend(verdicts);
+        }
+        let providers: Vec<EndpointId> = candidates.into_iter().filter(|p| policy[p]).collect();
         if providers.is_empty() {
             if hub.mark_held_back(hash) {
                 tracing::info!(hash = %hash.fmt_short(), "stem held back: the stems policy keeps it off every link it is on");

@@ -573,27 +573,45 @@ fn commit_midi_take(
         events: take,
         end_frame,
     };
-    let new = NewClip {
-        track: &name,
+    let new = take_clip(row, id, &name, None, TrackKind::Midi);
+    let clip = imports::add_midi_clip(ctx, &p, new, &track)?;
+    discard_take(ctx, id);
+    let mut reply = take_reply(&p.id, row, &name, &clip);
+    reply["seconds"] = json!(end_frame as f64 / 48_000.0);
+    reply["notes"] = json!(notes);
+    Ok(Some(reply))
+}
+
+/// Where a take's clip goes: the row's track (or a new one called `name`) at the row's start.
+fn take_clip<'a>(
+    row: &TakeRow,
+    id: &str,
+    name: &'a str,
+    master: Option<meshstudio_store::Hash>,
+    kind: TrackKind,
+) -> NewClip<'a> {
+    NewClip {
+        track: name,
         reuse: row.track.is_some(),
         start: row.at,
         source: format!("take {}", &id[..8]),
-        master: None,
-        kind: TrackKind::Midi,
-    };
-    let clip = imports::add_midi_clip(ctx, &p, new, &track)?;
-    discard_take(ctx, id);
-    Ok(Some(json!({
-        "project": p.id,
+        master,
+        kind,
+    }
+}
+
+/// What `record` and `recover` say about a take that became a clip.
+fn take_reply(project: &str, row: &TakeRow, name: &str, clip: &imports::AddedClip) -> Value {
+    json!({
+        "project": project,
         "track": clip.track,
         "track_name": name,
         "clip": clip.clip,
         "blob": clip.blob,
         "start": row.at,
         "length": clip.frames,
-        "seconds": end_frame as f64 / 48_000.0,
-        "notes": notes,
-    })))
+        "seconds": clip.frames as f64 / 48_000.0,
+    })
 }
 
 fn mix_err(e: MixError) -> RequestError {
@@ -679,28 +697,13 @@ fn commit_take(
         ctx,
         &p,
         &path,
-        NewClip {
-            track: &name,
-            reuse: row.track.is_some(),
-            start: row.at,
-            source: format!("take {}", &id[..8]),
-            master: Some(master),
-            kind: TrackKind::Audio,
-        },
+        take_clip(&row, id, &name, Some(master), TrackKind::Audio),
         obs,
     )?;
     discard_take(ctx, id);
-    Ok(Some(json!({
-        "project": p.id,
-        "track": clip.track,
-        "track_name": name,
-        "clip": clip.clip,
-        "blob": clip.blob,
-        "master": master.to_hex().to_string(),
-        "start": row.at,
-        "length": clip.frames,
-        "seconds": clip.frames as f64 / 48_000.0,
-    })))
+    let mut reply = take_reply(&p.id, &row, &name, &clip);
+    reply["master"] = json!(master.to_hex().to_string());
+    Ok(Some(reply))
 }
 
 /// The take resampled by `ratio` (its clock onto the output's), as a

@@ -400,9 +400,9 @@ impl LiveMidi {
         T: Sample + FromSample<f32>,
         f32: FromSample<T>,
     {
-        let now = Instant::now();
+        let now = (!self.arrivals.is_empty()).then(Instant::now);
         let rate = u64::from(super::device::ENGINE_RATE);
-        while let Ok(a) = self.arrivals.pop() {
+        while let (Some(now), Ok(a)) = (now, self.arrivals.pop()) {
             let ago_ns = now.saturating_duration_since(a.at).as_nanos() as u64 + latency_ns;
             let heard = first.saturating_sub(ago_ns * rate / 1_000_000_000);
             let Some(event) = MidiEvent::from_bytes(heard, a.message()) else {
@@ -591,19 +591,24 @@ mod tests {
         assert_eq!(shared.in_marks.origin_ns(48_000), Some(5.0));
     }
 
-    #[test]
-    fn frames_a_device_lost_become_silence_in_their_place() {
-        let shared = Arc::new(Shared::default());
-        let (tx, mut rx) = rtrb::RingBuffer::new(100_000);
-        let mut cap = Capture {
-            take: Some(tx),
+    /// A mono 48 kHz capture into `take`.
+    fn mono_capture(shared: &Arc<Shared>, take: Producer<f32>) -> Capture {
+        Capture {
+            take: Some(take),
             monitor: None,
             device_channels: 1,
             take_channels: 1,
             shared: shared.clone(),
             rate: 48_000,
             clock: DeviceClock::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn frames_a_device_lost_become_silence_in_their_place() {
+        let shared = Arc::new(Shared::default());
+        let (tx, mut rx) = rtrb::RingBuffer::new(100_000);
+        let mut cap = mono_capture(&shared, tx);
         let block = vec![1.0f32; 480]; // 10 ms a callback
         let mut t = 1_000_000_000u64;
         for _ in 0..70 {
@@ -625,15 +630,7 @@ mod tests {
     fn drifting_capture(rate: f64, seconds: u64, lost_at: Option<u64>) -> Arc<Shared> {
         let shared = Arc::new(Shared::default());
         let (tx, _rx) = rtrb::RingBuffer::new(1);
-        let mut cap = Capture {
-            take: Some(tx),
-            monitor: None,
-            device_channels: 1,
-            take_channels: 1,
-            shared: shared.clone(),
-            rate: 48_000,
-            clock: DeviceClock::default(),
-        };
+        let mut cap = mono_capture(&shared, tx);
         let block = vec![0.0f32; 480];
         let callbacks = seconds * 100;
         let mut skipped = 0.0;
