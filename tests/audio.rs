@@ -251,6 +251,9 @@ fn a_tone_played_into_the_sink_is_recorded_from_its_monitor() {
     assert!((hz - 440.0).abs() < 1.0, "{hz} Hz");
 }
 
+/// One 256-frame block at 48 kHz, in milliseconds.
+const BLOCK_MS: f64 = 256.0 / 48.0;
+
 /// How far an overdub on the null-sink loop may land from the song (5 ms).
 const LOOP_ALIGNMENT_FRAMES: i64 = 240;
 
@@ -268,7 +271,10 @@ fn calibrate_then_overdub_lines_up_with_the_project() {
         .as_f64()
         .expect("device latencies known");
     assert!((0.0..100.0).contains(&round_trip), "{cal}");
-    assert!(cal["spread_ms"].as_f64().unwrap() < 5.0, "{cal}");
+    // Runs may differ by up to a 256-frame block either way on this loop
+    // (see CALIBRATION_RUNS); more than that means the measurement is broken.
+    assert!(cal["spread_ms"].as_f64().unwrap() < 2.0 * BLOCK_MS, "{cal}");
+    assert_eq!(cal["runs"], 5, "{cal}");
     let v = s.json(&[
         "record",
         "Song",

@@ -874,11 +874,12 @@ fn calibration(
 }
 
 /// Clean runs a calibration takes the median of: the loop through a sound
-/// server varies by a block from one stream start to the next (measured
-/// here: ±1.2 ms at 256-frame buffers), which one run cannot tell.
-const CALIBRATION_RUNS: usize = 3;
+/// server varies by up to a block from one stream start to the next
+/// (measured here: runs of one calibration 1.2–6 ms apart at 256-frame
+/// buffers), which one run cannot tell; five outvote two outliers.
+const CALIBRATION_RUNS: usize = 5;
 /// Runs tried in all before giving up on getting clean ones.
-const CALIBRATION_TRIES: usize = 6;
+const CALIBRATION_TRIES: usize = 10;
 /// Bursts further apart than this mean the run was disturbed.
 const MAX_SPREAD_SECONDS: f64 = 0.002;
 
