@@ -66,9 +66,7 @@ impl Netns {
 
     /// Runs `tc args...` in this namespace.
     pub fn tc(&self, args: &[&str]) {
-        let mut all = vec!["netns", "exec", &self.name, "tc"];
-        all.extend_from_slice(args);
-        ip(&all);
+        self.exec(&[&["tc"], args].concat());
     }
 }
 
@@ -130,6 +128,37 @@ impl Netns {
     pub fn set_address(&self, addr: &str) {
         ip(&["-n", &self.name, "addr", "flush", "dev", "eth0"]);
         ip(&["-n", &self.name, "addr", "add", addr, "dev", "eth0"]);
+    }
+}
+
+/// A site behind NAT: `host` reaches the world only through `router`
+/// (whose `eth0` is its public side), which masquerades like a home or
+/// school router — nothing outside can open a connection to `host`.
+/// `subnet` is the site's private /24 prefix, e.g. `"192.168.50"`.
+pub fn behind_nat(router: &Netns, host: &Netns, subnet: &str) {
+    let (gateway, inside) = (format!("{subnet}.1"), format!("{subnet}.2/24"));
+    link(router, &format!("{gateway}/24"), host, &inside);
+    ip(&["-n", &host.name, "route", "add", "default", "via", &gateway]);
+    router.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    router.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        "eth0",
+        "-j",
+        "MASQUERADE",
+    ]);
+}
+
+impl Netns {
+    /// Runs a program in this namespace; panics with its stderr if it fails.
+    pub fn exec(&self, args: &[&str]) {
+        let mut all = vec!["netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        ip(&all);
     }
 }
 

@@ -470,6 +470,46 @@ fn members_on_one_lan_find_each_other_after_both_moved() {
 }
 
 #[test]
+fn a_moved_node_is_found_again_through_the_address_book() {
+    // A and C make a song together; C's studio sits behind NAT, so only C
+    // can open connections. B is a hub that shares a project with each of
+    // them, but not theirs: its gossip cannot tell C where A went. A
+    // restarts on a new address; C finds it through the address book
+    // (the record A put at B) and the song syncs again.
+    let (na, nb, nc, site) = (Netns::new(), Netns::new(), Netns::new(), Netns::new());
+    let _wan = crate::netns::lan(&[
+        (&na, "10.232.0.1/24"),
+        (&nb, "10.232.0.2/24"),
+        (&site, "10.232.0.3/24"),
+    ]);
+    crate::netns::behind_nat(&site, &nc, "192.168.232");
+    let mut a = Studio::with_node_in(&na, "0.0.0.0:0");
+    let b = Studio::with_node_in(&nb, NS_BIND);
+    let c = Studio::with_node_in(&nc, "0.0.0.0:0");
+    a.ok(&["join", &invite(&b, &new_project(&b, "Hub with A"))]);
+    c.ok(&["join", &invite(&b, &new_project(&b, "Hub with C"))]);
+    let p = new_project(&a, "Duet");
+    c.ok(&["join", &invite(&a, &p)]);
+    converged(&a, &c, &p);
+    a.node.take().unwrap().stop();
+    na.set_address("10.232.0.11/24");
+    a.start_node("0.0.0.0:0");
+    a.ok(&["track", "add", &p, "After the move"]);
+    wait_until(CONVERGE_TIMEOUT, "C to find A again and sync", || {
+        track_names(&c.show(&p)).contains(&"After the move")
+    });
+    let log = node_log(&c);
+    assert!(
+        log.contains("found a member in the address book")
+            || log.contains("found a member through the address book's peers"),
+        "{log}"
+    );
+    // The hub kept A's address, never the song.
+    let b_projects = b.ok(&["project", "list"]);
+    assert!(!b_projects.contains("Duet"), "{b_projects}");
+}
+
+#[test]
 fn lan_only_keeps_stems_off_a_remote_link_while_state_syncs() {
     let (na, nb) = (Netns::new(), Netns::new());
     link(&na, "10.74.1.1/24", &nb, "10.74.1.2/24");

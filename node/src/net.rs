@@ -6,6 +6,7 @@
 //! Knows the wire formats and the membership rules; what an update means
 //! is the project model's business, where it is stored the store's.
 
+pub mod address_book;
 pub mod blob_gate;
 pub mod discovery;
 pub mod fetch;

@@ -44,6 +44,8 @@ pub struct Hub {
     /// dialing by id (sync, blobs, gossip).
     pub book: MemoryLookup,
     pub net: Mutex<NetState>,
+    /// Requests to the discovery plane, once it runs.
+    pub discovery: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::discovery::Command>>,
 }
 
 /// Who we talk to: joined topics, peers being dialed, stem providers.
@@ -286,6 +288,8 @@ impl Hub {
         let fresh = addr.ip_addrs().next().is_some();
         if fresh {
             self.book.add_endpoint_info(addr.clone());
+            let addrs = addr.ip_addrs().copied().collect();
+            self.tell_discovery(super::discovery::Command::Known(addr.id, addrs));
         }
         if self.net_state().dialing.insert(addr.id) {
             tokio::spawn(super::sync::dial_forever(self.clone(), addr));
@@ -296,6 +300,14 @@ impl Hub {
                     tracing::debug!(%peer, error = %e, "dial at new addresses failed");
                 }
             });
+        }
+    }
+
+    /// Asks the discovery plane for something; dropped if it does not run
+    /// or is busy (every request is repeated later by whoever made it).
+    pub fn tell_discovery(&self, command: super::discovery::Command) {
+        if let Some(tx) = self.discovery.get() {
+            let _ = tx.try_send(command);
         }
     }
 

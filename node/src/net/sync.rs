@@ -262,7 +262,11 @@ pub async fn dial_forever(hub: Arc<Hub>, addr: EndpointAddr) {
         } else {
             match dial(hub.clone(), addr.clone()).await {
                 Ok(()) => wait = REDIAL_FIRST,
-                Err(e) => tracing::debug!(%peer, error = %e, "sync dial failed"),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "sync dial failed");
+                    // It may have moved: ask the address book where it is now.
+                    hub.tell_discovery(super::discovery::Command::LookUp(addr.id));
+                }
             }
         }
         tokio::time::sleep(wait).await;

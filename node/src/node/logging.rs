@@ -33,8 +33,9 @@ pub fn init(data_dir: &Path) -> Result<WorkerGuard, String> {
     let (file, guard) = tracing_appender::non_blocking(appender);
     // libp2p logs every mDNS answer and dial at info/debug: routine, not news.
     let filter = || {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,libp2p_mdns=warn,libp2p_swarm=warn"))
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("info,libp2p_mdns=warn,libp2p_swarm=warn,libp2p_kad=error")
+        })
     };
     tracing_subscriber::registry()
         .with(

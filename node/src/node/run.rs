@@ -136,6 +136,7 @@ async fn serve(
         gossip: gossip.clone(),
         book,
         net: Mutex::new(Default::default()),
+        discovery: Default::default(),
         blobs: blobs.clone(),
         stem_arrived: Default::default(),
         downloader: blobs.downloader(&endpoint),
@@ -163,14 +164,15 @@ async fn serve(
             iroh_blobs::BlobsProtocol::new(&blobs, Some(blob_gate::spawn(hub.clone()))),
         )
         .spawn();
-    redial_remembered(&hub).await;
     let bind = opts.bind.unwrap_or(DEFAULT_BIND);
     if discovery::wanted(bind, opts.no_discovery) {
         // Without discovery the node still syncs with the members it knows.
         if let Err(e) = discovery::spawn(hub.clone(), secret, bind.ip()) {
-            tracing::warn!(error = %e, "LAN discovery is off");
+            tracing::warn!(error = %e, "discovery and the address book are off");
         }
     }
+    // After discovery starts: remembered peers also seed the address book.
+    redial_remembered(&hub).await;
     gossip::join_all(&hub).await;
     tokio::spawn(gossip::follow_changes(hub.clone()));
     tokio::spawn(hub.clone().measure_rate());
