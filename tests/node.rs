@@ -36,7 +36,12 @@ impl Node {
 
     /// Starts inside network namespace `netns` (or the test's own).
     pub fn start_in(data_dir: &Path, bind: &str, netns: Option<&str>) -> Node {
-        let child = up_on(data_dir, bind, netns).spawn().unwrap();
+        Node::start_with(data_dir, bind, netns, &[])
+    }
+
+    /// The same, with more `up` options (`--relay URL`).
+    pub fn start_with(data_dir: &Path, bind: &str, netns: Option<&str>, extra: &[&str]) -> Node {
+        let child = up_on(data_dir, bind, netns).args(extra).spawn().unwrap();
         let node = Node {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),

@@ -47,6 +47,15 @@ impl Studio {
         studio
     }
 
+    /// The same, with more `up` options.
+    pub fn with_node_in_using(ns: &crate::netns::Netns, bind: &str, extra: &[&str]) -> Self {
+        let mut studio = Studio::new();
+        studio.netns = Some(ns.name.clone());
+        let node = crate::node::Node::start_with(studio.path(), bind, Some(&ns.name), extra);
+        studio.node = Some(node);
+        studio
+    }
+
     /// (Re)starts this studio's node with its endpoint on `bind`.
     pub fn start_node(&mut self, bind: &str) {
         let node = crate::node::Node::start_in(self.path(), bind, self.netns.as_deref());

@@ -509,6 +509,78 @@ fn a_moved_node_is_found_again_through_the_address_book() {
     assert!(!b_projects.contains("Duet"), "{b_projects}");
 }
 
+/// `meshstudio relay` running in a namespace; stopped (SIGTERM) on drop.
+struct Relay {
+    child: std::process::Child,
+    _out: tempfile::TempDir,
+}
+
+impl Relay {
+    fn start(ns: &Netns, bind: &str) -> Relay {
+        let out = tempdir();
+        let printed = out.path().join("stdout");
+        let child = meshstudio_in(Some(&ns.name))
+            .args(["relay", "--bind", bind])
+            .stdout(std::fs::File::create(&printed).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // It prints how sites use it once it listens.
+        wait_until(CONVERGE_TIMEOUT, "the relay to listen", || {
+            std::fs::read_to_string(&printed).is_ok_and(|s| s.contains("--relay http://"))
+        });
+        Relay { child, _out: out }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        tool("kill", &["-TERM", &self.child.id().to_string()]);
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sites_behind_nat_meet_through_a_self_hosted_relay() {
+    // Two studios, each behind its own NAT (a home router: nothing outside
+    // can open a connection in), and a public machine running `meshstudio
+    // relay`. Neither site can dial the other's address; through the relay
+    // they are introduced and sync — directly if a hole could be punched
+    // through both NATs, relayed if not — and `status` says which.
+    let (public, s1, s2) = (Netns::new(), Netns::new(), Netns::new());
+    let (na, nc) = (Netns::new(), Netns::new());
+    let _wan = crate::netns::lan(&[
+        (&public, "10.233.0.1/24"),
+        (&s1, "10.233.0.2/24"),
+        (&s2, "10.233.0.3/24"),
+    ]);
+    crate::netns::behind_nat(&s1, &na, "192.168.233");
+    crate::netns::behind_nat(&s2, &nc, "192.168.234");
+    let _relay = Relay::start(&public, "10.233.0.1:3340");
+    let using = ["--relay", "http://10.233.0.1:3340"];
+    let a = Studio::with_node_in_using(&na, "0.0.0.0:0", &using);
+    let c = Studio::with_node_in_using(&nc, "0.0.0.0:0", &using);
+    let p = new_project(&a, "Across town");
+    a.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Noise.wav")]);
+    c.ok(&["join", &invite(&a, &p)]);
+    c.ok(&["sync", &p, "--wait", "--timeout", "60"]);
+    assert_eq!(a.show(&p), c.show(&p));
+    c.ok(&["mixdown", &p, s(&c.path().join("m.wav"))]);
+    let a_id = a.ok(&["id"]).trim().to_string();
+    let status: Value = serde_json::from_str(&c.ok(&["status", "--json"])).unwrap();
+    let peer = status["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|x| x["id"] == a_id.as_str()))
+        .unwrap_or_else(|| panic!("A among C's peers: {status}"))
+        .clone();
+    eprintln!("C reaches A: {}", peer["path"]);
+    assert!(
+        peer["path"] == "direct" || peer["path"] == "relay",
+        "{peer}"
+    );
+    assert!(c.ok(&["status"]).contains(peer["path"].as_str().unwrap()));
+}
+
 #[test]
 fn lan_only_keeps_stems_off_a_remote_link_while_state_syncs() {
     let (na, nb) = (Netns::new(), Netns::new());

@@ -59,6 +59,17 @@ enum Command {
         #[arg(long)]
         no_discovery: bool,
     },
+    /// Run a relay for sites behind NAT, on a machine they can all reach.
+    ///
+    /// The relay introduces nodes to each other, helps them punch through
+    /// NAT, and carries their encrypted traffic when no direct path exists.
+    /// It needs no data dir and stores nothing. Sites then start their
+    /// nodes with `meshstudio up --relay http://THIS-MACHINE:PORT`.
+    Relay {
+        /// Where the relay listens (HTTP).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:3340")]
+        bind: std::net::SocketAddr,
+    },
     /// Is a node running for this data dir, and what is it doing?
     Status {
         #[arg(long)]
@@ -460,6 +471,7 @@ pub fn main() -> ExitCode {
         Command::Encode(args) => encode::run(args),
         Command::Decode(args) => decode::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Relay { bind } => crate::node::relay::run(bind).map_err(|e| report_line(&e)),
         other => studio_command(cli.data_dir.as_deref(), other),
     };
     match result {
@@ -744,7 +756,7 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
         }
         Command::Recover { json } => (R::Recover, json),
         Command::Stop { json } => (R::Stop, json),
-        Command::Encode(_) | Command::Decode(_) | Command::Probe(_) => {
+        Command::Encode(_) | Command::Decode(_) | Command::Probe(_) | Command::Relay { .. } => {
             unreachable!("handled above")
         }
     };

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod info;
 mod logging;
+pub mod relay;
 mod run;
 
 pub use run::{UpOptions, up};

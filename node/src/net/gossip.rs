@@ -132,7 +132,7 @@ async fn is_member(hub: &Arc<Hub>, project: &str, node: &str) -> bool {
 
 /// A member's addresses: used for dialing now, and remembered for restarts.
 pub(crate) async fn learned_addrs(hub: &Arc<Hub>, author: EndpointId, addrs: Vec<SocketAddr>) {
-    let addr = peers::addr(author, &addrs);
+    let addr = hub.through_relay(peers::addr(author, &addrs));
     hub.book.add_endpoint_info(addr.clone());
     let record = peers::record(&addrs);
     let id = author.to_string();

@@ -44,6 +44,9 @@ pub struct Hub {
     /// dialing by id (sync, blobs, gossip).
     pub book: MemoryLookup,
     pub net: Mutex<NetState>,
+    /// The relay this node uses (`up --relay`), if any: a community shares
+    /// one, so every peer is also dialled through it.
+    pub relay: Option<iroh::RelayUrl>,
     /// Requests to the discovery plane, once it runs.
     pub discovery: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::discovery::Command>>,
 }
@@ -286,6 +289,10 @@ impl Hub {
             return;
         }
         let fresh = addr.ip_addrs().next().is_some();
+        let addr = self.through_relay(addr);
+        if addr.relay_urls().next().is_some() {
+            self.book.add_endpoint_info(addr.clone());
+        }
         if fresh {
             self.book.add_endpoint_info(addr.clone());
             let addrs = addr.ip_addrs().copied().collect();
@@ -300,6 +307,15 @@ impl Hub {
                     tracing::debug!(%peer, error = %e, "dial at new addresses failed");
                 }
             });
+        }
+    }
+
+    /// `addr` with our relay added (if we use one and it names none): a
+    /// peer at a site behind NAT is reached there.
+    pub fn through_relay(&self, addr: EndpointAddr) -> EndpointAddr {
+        match &self.relay {
+            Some(relay) if addr.relay_urls().next().is_none() => addr.with_relay_url(relay.clone()),
+            _ => addr,
         }
     }
 

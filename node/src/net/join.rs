@@ -136,12 +136,21 @@ fn add_and_share(
 
 /// The joiner's side: asks the inviter, checks its proof, returns the
 /// project state. Writes nothing.
-pub async fn ask(endpoint: &iroh::Endpoint, ticket: &Ticket, me: &str) -> Result<Vec<u8>, String> {
+pub async fn ask(
+    endpoint: &iroh::Endpoint,
+    ticket: &Ticket,
+    me: &str,
+    our_relay: Option<iroh::RelayUrl>,
+) -> Result<Vec<u8>, String> {
     let inviter: iroh::EndpointId = ticket
         .inviter
         .parse()
         .map_err(|_| "bad inviter id".to_string())?;
-    let addr = super::peers::addr(inviter, &ticket.addrs);
+    let mut addr = super::peers::addr(inviter, &ticket.addrs);
+    // The ticket's relay, else ours: a community shares one.
+    if let Some(relay) = ticket.relay_url().or(our_relay) {
+        addr = addr.with_relay_url(relay);
+    }
     let conn = endpoint
         .connect(addr, JOIN_ALPN)
         .await

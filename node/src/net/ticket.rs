@@ -28,6 +28,10 @@ pub struct Ticket {
     pub inviter: String,
     /// Where the inviter listens.
     pub addrs: Vec<SocketAddr>,
+    /// The relay the inviter is reachable through, if its node uses one
+    /// (`up --relay`): the way in to a site behind NAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,10 +92,22 @@ impl Ticket {
         if self.inviter.parse::<iroh::EndpointId>().is_err() {
             return bad("inviter id");
         }
-        if self.addrs.is_empty() || self.addrs.len() > MAX_TICKET_ADDRS {
+        if (self.addrs.is_empty() && self.relay.is_none()) || self.addrs.len() > MAX_TICKET_ADDRS {
             return bad("addresses");
         }
+        if self
+            .relay
+            .as_ref()
+            .is_some_and(|r| r.parse::<iroh::RelayUrl>().is_err())
+        {
+            return bad("relay URL");
+        }
         Ok(())
+    }
+
+    /// The relay named in the ticket (checked on decode).
+    pub fn relay_url(&self) -> Option<iroh::RelayUrl> {
+        self.relay.as_ref().and_then(|r| r.parse().ok())
     }
 
     pub fn secret_bytes(&self) -> [u8; SECRET_BYTES] {
@@ -117,6 +133,7 @@ mod tests {
             secret: "ab".repeat(32),
             inviter: iroh::SecretKey::from_bytes(&[7; 32]).public().to_string(),
             addrs: vec!["127.0.0.1:4433".parse().unwrap()],
+            relay: None,
         }
     }
 
@@ -152,5 +169,28 @@ mod tests {
         for cut in 0..text.len() {
             let _ = Ticket::decode(&text[..cut]);
         }
+    }
+
+    #[test]
+    fn a_relay_travels_in_the_ticket_and_is_checked() {
+        let mut t = sample();
+        t.relay = Some("http://10.0.0.1:3340/".into());
+        let back = Ticket::decode(&t.encode()).unwrap();
+        assert_eq!(
+            back.relay_url(),
+            Some("http://10.0.0.1:3340".parse().unwrap())
+        );
+        t.addrs.clear();
+        assert!(
+            Ticket::decode(&t.encode()).is_ok(),
+            "a relay alone is a way in"
+        );
+        t.relay = Some("not a url".into());
+        assert!(matches!(
+            Ticket::decode(&t.encode()),
+            Err(TicketError::Malformed(_))
+        ));
+        // Tickets from before relays still read.
+        assert_eq!(Ticket::decode(&sample().encode()).unwrap().relay, None);
     }
 }

@@ -137,6 +137,7 @@ async fn serve(
         book,
         net: Mutex::new(Default::default()),
         discovery: Default::default(),
+        relay: opts.relay.as_deref().and_then(|u| u.parse().ok()),
         blobs: blobs.clone(),
         stem_arrived: Default::default(),
         downloader: blobs.downloader(&endpoint),

@@ -25,6 +25,7 @@ pub fn invite(ctx: &mut Context, project: &str) -> Result<Value> {
         secret: data_encoding::HEXLOWER.encode(&secret),
         inviter: net.endpoint.id().to_string(),
         addrs,
+        relay: our_relay(&net).map(|r| r.to_string()),
     };
     Ok(json!({ "project": p.id, "name": p.name(), "ticket": ticket.encode() }))
 }
@@ -41,7 +42,7 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
     let me = ctx.node_id()?;
     let state = net
         .runtime
-        .block_on(join::ask(&net.endpoint, &ticket, &me))
+        .block_on(join::ask(&net.endpoint, &ticket, &me, our_relay(&net)))
         .map_err(RequestError::Invalid)?;
     wire::decode_update(&state)
         .map_err(|e| RequestError::Invalid(format!("the inviter sent {e}")))?;
@@ -51,7 +52,11 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
         *hub.members.write().unwrap_or_else(|e| e.into_inner()) = member_union(ctx)?;
         let inviter = ticket.inviter.parse().expect("validated with the ticket");
         let _runtime = net.runtime.enter();
-        hub.ensure_dialing(peers::addr(inviter, &ticket.addrs));
+        let addr = peers::addr(inviter, &ticket.addrs);
+        hub.ensure_dialing(match ticket.relay_url() {
+            Some(relay) => addr.with_relay_url(relay),
+            None => addr,
+        });
         let secret = ticket.secret_bytes();
         net.runtime.spawn(gossip::join(
             hub,
@@ -78,4 +83,9 @@ fn store_joined(ctx: &mut Context, ticket: &Ticket, state: &[u8]) -> Result<()> 
         w.put_peer(&ticket.inviter, &peer)
     })?;
     Ok(())
+}
+
+/// The relay this node uses, if any.
+fn our_relay(net: &crate::request::NetHandle) -> Option<iroh::RelayUrl> {
+    net.hub.upgrade().and_then(|h| h.relay.clone())
 }
