@@ -151,6 +151,23 @@ pub fn behind_nat(router: &Netns, host: &Netns, subnet: &str) {
         "-j",
         "MASQUERADE",
     ]);
+    // Like a home router's firewall, drop what arrives unasked from the
+    // outside. (Dropped, an unasked packet also leaves no connection-tracking
+    // entry behind that would make the NAT map the site's next outgoing
+    // packet to another port.)
+    for chain in ["INPUT", "FORWARD"] {
+        let rule = [
+            "-A",
+            chain,
+            "-i",
+            "eth0",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW,INVALID",
+        ];
+        router.exec(&[&["iptables"][..], &rule, &["-j", "DROP"]].concat());
+    }
 }
 
 impl Netns {

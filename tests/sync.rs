@@ -527,7 +527,7 @@ impl Relay {
             .unwrap();
         // It prints how sites use it once it listens.
         wait_until(CONVERGE_TIMEOUT, "the relay to listen", || {
-            std::fs::read_to_string(&printed).is_ok_and(|s| s.contains("--relay http://"))
+            std::fs::read_to_string(&printed).is_ok_and(|s| s.contains("--relay https://"))
         });
         Relay { child, _out: out }
     }
@@ -540,45 +540,102 @@ impl Drop for Relay {
     }
 }
 
-#[test]
-fn sites_behind_nat_meet_through_a_self_hosted_relay() {
-    // Two studios, each behind its own NAT (a home router: nothing outside
-    // can open a connection in), and a public machine running `meshstudio
-    // relay`. Neither site can dial the other's address; through the relay
-    // they are introduced and sync — directly if a hole could be punched
-    // through both NATs, relayed if not — and `status` says which.
+/// Two studios, each behind its own NAT (a home router: nothing outside
+/// can open a connection in), and a public machine running `meshstudio
+/// relay`. Fields drop in order: nodes, relay, then the namespaces.
+struct TwoSites {
+    a: Studio,
+    c: Studio,
+    _relay: Relay,
+    /// Site 1's router, then everything else.
+    s1: Netns,
+    _rest: Vec<Netns>,
+}
+
+fn two_sites_and_a_relay() -> TwoSites {
     let (public, s1, s2) = (Netns::new(), Netns::new(), Netns::new());
     let (na, nc) = (Netns::new(), Netns::new());
-    let _wan = crate::netns::lan(&[
+    let wan = crate::netns::lan(&[
         (&public, "10.233.0.1/24"),
         (&s1, "10.233.0.2/24"),
         (&s2, "10.233.0.3/24"),
     ]);
     crate::netns::behind_nat(&s1, &na, "192.168.233");
     crate::netns::behind_nat(&s2, &nc, "192.168.234");
-    let _relay = Relay::start(&public, "10.233.0.1:3340");
-    let using = ["--relay", "http://10.233.0.1:3340"];
-    let a = Studio::with_node_in_using(&na, "0.0.0.0:0", &using);
-    let c = Studio::with_node_in_using(&nc, "0.0.0.0:0", &using);
-    let p = new_project(&a, "Across town");
+    let relay = Relay::start(&public, "10.233.0.1:3340");
+    let using = ["--relay", "https://10.233.0.1:3340"];
+    TwoSites {
+        a: Studio::with_node_in_using(&na, "0.0.0.0:0", &using),
+        c: Studio::with_node_in_using(&nc, "0.0.0.0:0", &using),
+        _relay: relay,
+        s1,
+        _rest: vec![na, nc, s2, public, wan],
+    }
+}
+
+/// A shares a project with a stem; C joins through the ticket and syncs
+/// it all. Returns how C reaches A (`status`'s peer entry).
+fn sync_across_sites(sites: &TwoSites) -> Value {
+    let (a, c) = (&sites.a, &sites.c);
+    let p = new_project(a, "Across town");
     a.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Noise.wav")]);
-    c.ok(&["join", &invite(&a, &p)]);
+    c.ok(&["join", &invite(a, &p)]);
     c.ok(&["sync", &p, "--wait", "--timeout", "60"]);
     assert_eq!(a.show(&p), c.show(&p));
     c.ok(&["mixdown", &p, s(&c.path().join("m.wav"))]);
-    let a_id = a.ok(&["id"]).trim().to_string();
-    let status: Value = serde_json::from_str(&c.ok(&["status", "--json"])).unwrap();
-    let peer = status["peers"]
+    peer_entry(c, &a.ok(&["id"]))
+}
+
+/// `status --json`'s entry for peer `id` on `s`.
+fn peer_entry(s: &Studio, id: &str) -> Value {
+    let status: Value = serde_json::from_str(&s.ok(&["status", "--json"])).unwrap();
+    status["peers"]
         .as_array()
-        .and_then(|p| p.iter().find(|x| x["id"] == a_id.as_str()))
-        .unwrap_or_else(|| panic!("A among C's peers: {status}"))
-        .clone();
-    eprintln!("C reaches A: {}", peer["path"]);
-    assert!(
-        peer["path"] == "direct" || peer["path"] == "relay",
-        "{peer}"
-    );
-    assert!(c.ok(&["status"]).contains(peer["path"].as_str().unwrap()));
+        .and_then(|p| p.iter().find(|x| x["id"] == id.trim()))
+        .unwrap_or_else(|| panic!("{id} among the peers: {status}"))
+        .clone()
+}
+
+#[test]
+fn sites_behind_nat_punch_through_with_a_self_hosted_relay() {
+    // The relay introduces the sites and tells each its NAT's public
+    // address; they punch a hole and talk directly, NAT to NAT.
+    let sites = two_sites_and_a_relay();
+    sync_across_sites(&sites);
+    let a_id = sites.a.ok(&["id"]);
+    let mut peer = Value::Null;
+    wait_until(CONVERGE_TIMEOUT, "a direct path from C to A", || {
+        peer = peer_entry(&sites.c, &a_id);
+        peer["path"] == "direct"
+    });
+    // Through site 1's router's public address: a hole punched in its NAT.
+    let address = peer["address"].as_str().unwrap_or_default();
+    assert!(address.contains("10.233.0.2:"), "{peer}");
+    assert!(sites.c.ok(&["status"]).contains("direct"));
+}
+
+#[test]
+fn sites_that_cannot_punch_through_sync_through_the_relay() {
+    // Site 1's router lets no UDP out to site 2 (a strict firewall, or a
+    // NAT that maps every destination differently): no hole can be
+    // punched, and everything goes through the relay.
+    let sites = two_sites_and_a_relay();
+    let rule = [
+        "-I",
+        "FORWARD",
+        "-o",
+        "eth0",
+        "-p",
+        "udp",
+        "-d",
+        "10.233.0.3",
+    ];
+    sites
+        .s1
+        .exec(&[&["iptables"][..], &rule, &["-j", "DROP"]].concat());
+    let peer = sync_across_sites(&sites);
+    assert_eq!(peer["path"], "relay", "{peer}");
+    assert!(sites.c.ok(&["status"]).contains("relay"));
 }
 
 #[test]

@@ -285,6 +285,7 @@ async fn bind_endpoint(
         }
         None => RelayMode::Disabled,
     };
+    let relay_tls = super::relay::client_trust(opts.relay.as_deref());
     let bind = opts.bind.unwrap_or(DEFAULT_BIND);
     // Start at the largest datagram MTU discovery would reach (1452 B of
     // UDP payload fits every 1500-byte path, PPPoE's 1492 too) instead of
@@ -300,6 +301,7 @@ async fn bind_endpoint(
         .secret_key(SecretKey::from_bytes(secret))
         .hooks(gate)
         .relay_mode(relay)
+        .ca_tls_config(relay_tls)
         .clear_ip_transports()
         .bind_addr(bind)
         .map_err(|e| format!("--bind {bind}: {e}"))?
