@@ -413,6 +413,46 @@ fn status_shows_the_connected_peer() {
 }
 
 #[test]
+fn stems_the_mix_needs_arrive_before_muted_ones() {
+    // A muted track's stem, added first, waits until the audible ones (the
+    // newest first) are here: on a slow link the song comes first.
+    let a = Studio::with_node();
+    let b = Studio::with_node();
+    let p = new_project(&a, "Priority");
+    for (file, track) in [
+        ("Noise", "Muted"),
+        ("Front_Left", "Bass"),
+        ("Front_Right", "Keys"),
+    ] {
+        a.ok(&[
+            "import",
+            &p,
+            &format!("{ALSA_SOUNDS}/{file}.wav"),
+            "--track",
+            track,
+        ]);
+    }
+    a.ok(&["track", "set", &p, "Muted", "--mute"]);
+    b.ok(&["join", &invite(&a, &p)]);
+    b.ok(&["sync", &p, "--wait", "--timeout", "60"]);
+    let v = a.show(&p);
+    let log = node_log(&b);
+    let arrived = |track: &str| {
+        let t = v["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == track)
+            .unwrap();
+        let short = &t["clips"][0]["blob"].as_str().unwrap()[..10];
+        log.find(&format!("stem received hash={short}"))
+            .unwrap_or_else(|| panic!("{track}'s stem {short} in B's log:\n{log}"))
+    };
+    assert!(arrived("Bass") < arrived("Muted"), "{log}");
+    assert!(arrived("Keys") < arrived("Muted"), "{log}");
+}
+
+#[test]
 fn sync_wait_returns_once_state_and_stems_are_here() {
     let a = Studio::with_node();
     let b = Studio::with_node();

@@ -12,6 +12,7 @@ use tokio_stream::StreamExt;
 use super::hub::Hub;
 use super::policy::stems_allowed;
 use crate::project::ProjectView;
+use crate::project::view::TrackView;
 
 /// A project's stems: hash and size (when the importer recorded it).
 pub struct ProjectStems {
@@ -31,6 +32,52 @@ fn stems_of(view: &ProjectView) -> Vec<(Hash, Option<u64>)> {
     stems.sort_by_key(|(h, _)| *h);
     stems.dedup_by_key(|(h, _)| *h);
     stems
+}
+
+/// Which stems come first: those the song as mixed now needs, then the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// On an audible track (not muted; soloed, if any track is).
+    Heard,
+    /// On a muted (or not soloed) track.
+    Silent,
+}
+
+/// The project's stems in download order: the ones the mix needs now before
+/// the rest, and within each, the newest clips first — the take a site just
+/// recorded is what the other site wants to hear. A clip's age comes from
+/// its time-ordered (v7) id; older (v4) ids count as oldest.
+pub fn in_priority(tracks: &[TrackView]) -> Vec<(Hash, Tier)> {
+    let soloing = tracks.iter().any(|t| t.solo);
+    let mut clips: Vec<(Tier, std::cmp::Reverse<u64>, Hash)> = Vec::new();
+    for track in tracks {
+        let heard = !track.mute && (!soloing || track.solo);
+        let tier = if heard { Tier::Heard } else { Tier::Silent };
+        for clip in &track.clips {
+            let Ok(hash) = clip.blob.parse() else {
+                continue;
+            };
+            clips.push((tier, std::cmp::Reverse(made_ms(&clip.id)), hash));
+        }
+    }
+    clips.sort();
+    let mut seen = std::collections::HashSet::new();
+    clips
+        .into_iter()
+        .filter(|(_, _, hash)| seen.insert(*hash))
+        .map(|(tier, _, hash)| (hash, tier))
+        .collect()
+}
+
+/// When a clip was made, from its v7 id (0 for other ids).
+fn made_ms(id: &str) -> u64 {
+    uuid::Uuid::parse_str(id)
+        .ok()
+        .and_then(|u| u.get_timestamp())
+        .map_or(0, |t| {
+            let (secs, nanos) = t.to_unix();
+            secs * 1000 + u64::from(nanos / 1_000_000)
+        })
 }
 
 /// Every project's stems, for the status report.
@@ -92,17 +139,39 @@ pub fn referenced(ctx: &mut crate::request::Context, project: &str) -> Vec<Hash>
 /// fast link (one QUIC stream each, one connection per provider).
 const FETCHES_AT_ONCE: usize = 4;
 
-/// Downloads what `project` needs, asking `peer` first.
+/// Downloads what `project` needs, asking `peer` first, in priority order
+/// (`in_priority`): stems the mix does not need start only once the ones
+/// it needs are here, so a slow link brings the audible song first.
 pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
     let p = project.clone();
-    let wanted = hub.with_ctx(move |ctx| referenced(ctx, &p)).await;
+    let wanted = hub
+        .with_ctx(move |ctx| {
+            ctx.doc(&p)
+                .map(|doc| in_priority(&ProjectView::of(&doc).tracks))
+                .unwrap_or_default()
+        })
+        .await;
+    let heard: Vec<Hash> = wanted
+        .iter()
+        .filter(|(_, tier)| *tier == Tier::Heard)
+        .map(|(hash, _)| *hash)
+        .collect();
     let mut running = tokio::task::JoinSet::new();
-    let mut got = false;
+    let (mut got, mut heard_done) = (false, false);
     // Each provider's stems policy, read once per round, not once per stem.
     let mut policy: std::collections::HashMap<EndpointId, bool> = Default::default();
-    for hash in wanted {
+    for (hash, tier) in wanted {
         if hub.blobs.blobs().has(hash).await.unwrap_or(false) || !hub.start_fetch(hash) {
             continue; // here already, or another session is fetching it
+        }
+        if tier == Tier::Silent && !heard_done {
+            // The mix's stems first: all of them here (or given up on, here
+            // and in other rounds) before the rest start.
+            while let Some(done) = running.join_next().await {
+                got |= done.unwrap_or(false);
+            }
+            until_fetched(&hub, &heard).await;
+            heard_done = true;
         }
         while running.len() >= FETCHES_AT_ONCE {
             got |= running
@@ -130,19 +199,19 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
             if hub.mark_held_back(hash) {
                 tracing::info!(hash = %hash.fmt_short(), "stem held back: the stems policy keeps it off every link it is on");
             }
-            hub.end_fetch(hash, false);
+            hub.end_fetch(hash);
             continue;
         }
         let hub = hub.clone();
         running.spawn(async move {
             let result = fetch_one(&hub, hash, providers).await;
-            hub.end_fetch(hash, result.is_ok());
             match &result {
                 Ok(()) => tracing::info!(hash = %hash.fmt_short(), "stem received"),
                 Err(e) => {
                     tracing::warn!(%peer, hash = %hash.fmt_short(), error = %e, "stem fetch failed")
                 }
             }
+            hub.end_fetch(hash);
             result.is_ok()
         });
     }
@@ -152,6 +221,17 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
     if got {
         // Others may fetch them from here now (store-and-forward).
         super::gossip::announce_stems(&hub, &project, false).await;
+    }
+}
+
+/// How often a round waiting for other rounds' fetches looks again (their
+/// end is also signalled; this bounds a missed signal).
+const FETCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits until none of `hashes` is being fetched by any round.
+async fn until_fetched(hub: &Hub, hashes: &[Hash]) {
+    while hashes.iter().any(|h| hub.is_fetching(h)) {
+        let _ = tokio::time::timeout(FETCH_POLL, hub.stem_arrived.notified()).await;
     }
 }
 
@@ -179,4 +259,82 @@ async fn fetch_one(hub: &Hub, hash: Hash, providers: Vec<EndpointId>) -> Result<
         }
     }
     keep_stem(&hub.blobs, hash).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::view::ClipView;
+
+    fn clip(id: String, seed: u8) -> ClipView {
+        ClipView {
+            id,
+            blob: Hash::from([seed; 32]).to_hex().to_string(),
+            blob_bytes: None,
+            channels: 2,
+            master: None,
+            start: 0,
+            offset: 0,
+            length: 48_000,
+            gain_db: 0.0,
+            fade_in: 0,
+            fade_out: 0,
+            source: String::new(),
+        }
+    }
+
+    fn track(mute: bool, solo: bool, clips: Vec<ClipView>) -> TrackView {
+        TrackView {
+            id: String::new(),
+            name: String::new(),
+            order: 0.0,
+            kind: "audio".into(),
+            gain_db: 0.0,
+            pan: 0.0,
+            mute,
+            solo,
+            clips,
+        }
+    }
+
+    fn v7(ms: u64) -> String {
+        let ts =
+            uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+        uuid::Uuid::new_v7(ts).to_string()
+    }
+
+    fn order(tracks: &[TrackView]) -> Vec<(u8, Tier)> {
+        in_priority(tracks)
+            .into_iter()
+            .map(|(h, t)| (h.as_bytes()[0], t))
+            .collect()
+    }
+
+    #[test]
+    fn the_mix_comes_first_and_the_newest_take_first_within_it() {
+        let old = uuid::Uuid::new_v4().to_string();
+        let tracks = vec![
+            track(true, false, vec![clip(v7(5_000), 1)]),
+            track(false, false, vec![clip(v7(1_000), 2), clip(old, 3)]),
+            track(false, false, vec![clip(v7(9_000), 4), clip(v7(2_000), 2)]),
+        ];
+        assert_eq!(
+            order(&tracks),
+            vec![
+                (4, Tier::Heard),
+                (2, Tier::Heard), // used twice: once, at its best place
+                (3, Tier::Heard), // an id without a time counts as oldest
+                (1, Tier::Silent),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_solo_silences_the_other_tracks() {
+        let tracks = vec![
+            track(false, false, vec![clip(v7(9_000), 1)]),
+            track(false, true, vec![clip(v7(1_000), 2)]),
+        ];
+        assert_eq!(order(&tracks), vec![(2, Tier::Heard), (1, Tier::Silent)]);
+    }
 }

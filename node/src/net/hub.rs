@@ -29,7 +29,8 @@ pub struct Hub {
     pub changes: broadcast::Sender<Value>,
     /// The stem store, served to members and filled from them.
     pub blobs: iroh_blobs::api::Store,
-    /// Signalled whenever a stem has arrived (for `sync --wait`).
+    /// Signalled whenever a stem fetch ends, arrived or not (for `sync
+    /// --wait`, and rounds waiting for the stems the mix needs).
     pub stem_arrived: tokio::sync::Notify,
     /// One downloader (and its connection pool) for every fetch.
     pub downloader: iroh_blobs::api::downloader::Downloader,
@@ -212,11 +213,15 @@ impl Hub {
         }
     }
 
-    pub fn end_fetch(&self, hash: meshstudio_store::Hash, arrived: bool) {
+    pub fn end_fetch(&self, hash: meshstudio_store::Hash) {
         self.net_state().fetching.remove(&hash);
-        if arrived {
-            self.stem_arrived.notify_waiters();
-        }
+        // Also when it failed: rounds waiting for it to end go on.
+        self.stem_arrived.notify_waiters();
+    }
+
+    /// Whether a fetch of `hash` runs now (in any round).
+    pub fn is_fetching(&self, hash: &meshstudio_store::Hash) -> bool {
+        self.net_state().fetching.contains_key(hash)
     }
 
     fn net_state(&self) -> std::sync::MutexGuard<'_, NetState> {

@@ -433,7 +433,9 @@ fn clip_changes(
         });
         id
     });
-    let clip_id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered: a clip's id says when it was made (peers fetch the
+    // newest stems first; see `fetch::in_priority`).
+    let clip_id = uuid::Uuid::now_v7().to_string();
     let source = new.source.clone();
     let mut fields = Fields::from([
         (key::BLOB.into(), json!(stem.hash.to_hex().to_string())),
