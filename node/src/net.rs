@@ -8,6 +8,7 @@
 
 pub mod address_book;
 pub mod blob_gate;
+pub mod congestion;
 pub mod discovery;
 pub mod fetch;
 pub mod frame;

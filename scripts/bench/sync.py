@@ -32,7 +32,9 @@ PROFILES = [
     dict(name="A", kbit=10_000, delay_ms=75, loss=0.01, mb=20),
     dict(name="B", kbit=1_000, delay_ms=150, loss=0.03, mb=2),
 ]
-CONTROLLERS = os.environ.get("CONTROLLERS", "bbr cubic").split()
+CONTROLLERS = os.environ.get("CONTROLLERS", "bbr bbr3 cubic").split()
+# TCP congestion controls curl runs with (TCP="" skips curl while tuning).
+TCP = os.environ.get("TCP", "cubic bbr").split()
 BITRATE_KBPS = 512
 A_IP, B_IP = "10.98.0.1", "10.98.0.2"
 NODE_PORT = 7000
@@ -184,7 +186,7 @@ def profile(binary, work, p):
             a.stop()
             a.start(a_dir, cc)
             report(f"ours ({cc})", ideal, [ours(a, b, a_dir, project, cc) for _ in range(RUNS)])
-        for cc in ("cubic", "bbr"):
+        for cc in TCP:
             report(f"curl tcp {cc}", ideal, [curl(a, b, blob, cc) for _ in range(RUNS)])
     finally:
         emu.terminate()

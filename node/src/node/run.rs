@@ -248,8 +248,9 @@ async fn redial_remembered(hub: &Arc<Hub>) {
     }
 }
 
-/// Environment: the QUIC congestion controller (`bbr`, `cubic`, `newreno`),
-/// for measuring links; the default is BBR (see `DEFAULT_CONGESTION`).
+/// Environment: the QUIC congestion controller (`bbr`: BBR that tolerates
+/// random loss, `bbr3`: noq's BBRv3 as is, `cubic`, `newreno`), for
+/// measuring links; the default is `bbr` (see `DEFAULT_CONGESTION`).
 const CONGESTION_ENV: &str = "MESHSTUDIO_CONGESTION";
 /// BBR: a site's link loses packets to noise, not only to congestion, and
 /// loss-based controllers (cubic, new reno) slow down for every loss;
@@ -262,12 +263,13 @@ fn congestion_controller() -> Result<ControllerFactory, String> {
     use noq_proto::congestion::{Bbr3Config, CubicConfig, NewRenoConfig};
     let name = std::env::var(CONGESTION_ENV).unwrap_or_else(|_| DEFAULT_CONGESTION.into());
     Ok(match name.as_str() {
-        "bbr" => Arc::new(Bbr3Config::default()),
+        "bbr" => Arc::new(crate::net::congestion::LossTolerantBbr::default()),
+        "bbr3" => Arc::new(Bbr3Config::default()),
         "cubic" => Arc::new(CubicConfig::default()),
         "newreno" => Arc::new(NewRenoConfig::default()),
         other => {
             return Err(format!(
-                "{CONGESTION_ENV}={other}: choose bbr, cubic or newreno"
+                "{CONGESTION_ENV}={other}: choose bbr, bbr3, cubic or newreno"
             ));
         }
     })
