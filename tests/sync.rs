@@ -830,6 +830,45 @@ fn import_20_mb(a: &Studio, project: &str) -> u64 {
 }
 
 #[test]
+fn an_upload_cap_holds_what_a_node_sends() {
+    // A site that pays per byte caps its node at 800 kbit/s: a ~640 KB
+    // stem then takes at least ~6 s to leave it, where loopback alone
+    // would take a blink. (A one-sided check: a slow machine only makes
+    // the transfer slower.)
+    let mut a = Studio::new();
+    a.node = Some(Node::start_with(
+        a.path(),
+        "127.0.0.1:0",
+        None,
+        &["--max-upload-kbps", "800"],
+    ));
+    let b = Studio::with_node();
+    let p = new_project(&a, "Capped");
+    let wav = a.path().join("noise.wav");
+    noise(&wav, 48_000, 2, 40, &[]);
+    a.ok(&["import", &p, s(&wav)]);
+    let bytes = stem_file_bytes(&a);
+    let started = std::time::Instant::now();
+    b.ok(&["join", &invite(&a, &p)]);
+    b.ok(&["sync", &p, "--wait", "--timeout", "120"]);
+    let took = started.elapsed().as_secs_f64();
+    let kbps = bytes as f64 * 8.0 / took / 1000.0;
+    eprintln!("{bytes} B in {took:.1} s: {kbps:.0} kbit/s (cap 800)");
+    assert!(
+        kbps <= 800.0 * 1.15,
+        "{kbps:.0} kbit/s through an 800 kbit/s cap"
+    );
+    // And the cap is checked when the node starts.
+    let c = Studio::new();
+    let out = c
+        .command(&["up", "--max-upload-kbps", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-upload-kbps 1"));
+}
+
+#[test]
 fn a_flapping_link_loses_nothing_and_nothing_comes_twice() {
     // 8 Mbit/s, 20 ms each way, down for 5 s of every 15 s (the link
     // emulator): 20 MB of stems take over 20 s, so at least one outage

@@ -58,6 +58,10 @@ enum Command {
         /// loopback never does.
         #[arg(long)]
         no_discovery: bool,
+        /// The most this node uploads, to all peers together, in kbit/s
+        /// (a site that pays per byte) [default: no limit].
+        #[arg(long, value_name = "KBPS")]
+        max_upload_kbps: Option<u32>,
     },
     /// Run a relay for sites behind NAT, on a machine they can all reach.
     ///
@@ -496,12 +500,14 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
             api,
             relay,
             no_discovery,
+            max_upload_kbps,
         } => {
             let opts = crate::node::UpOptions {
                 bind,
                 api,
                 relay,
                 no_discovery,
+                max_upload_kbps,
             };
             return crate::node::up(&dir, opts).map_err(|e| report_line(&e));
         }

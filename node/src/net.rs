@@ -20,6 +20,7 @@ pub mod policy;
 pub mod proof;
 pub mod sync;
 pub mod ticket;
+pub mod upload_cap;
 pub mod wait;
 pub use meshstudio_node::{notice, wire};
 

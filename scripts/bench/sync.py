@@ -162,6 +162,9 @@ def curl(a, b, blob, tcp_cc):
 
 
 def profile(binary, work, p):
+    # Each profile its own data dirs: the stems counted are this profile's.
+    work = os.path.join(work, p["name"])
+    os.makedirs(work)
     a, b = Site(binary, work, "a"), Site(binary, work, "b")
     emu = subprocess.Popen(
         [sys.executable, LINKEMU, "--ns", a.name, "--ns", b.name, "--addr", f"{A_IP}/24",

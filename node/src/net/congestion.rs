@@ -23,21 +23,37 @@ use std::time::{Duration, Instant};
 
 use noq_proto::RttEstimator;
 
+use super::upload_cap::{Share, UploadCap};
+
 /// Loss rate a link may show from noise alone. Above it, losses count as
 /// congestion. The lossy profile of our benchmark has 3 %.
 const TOLERATED_LOSS: f64 = 0.05;
 /// Packets per measuring epoch: the rate is taken over the last one or two.
 const EPOCH_PACKETS: u64 = 256;
 
-/// Builds BBR controllers wrapped in `LossTolerant`.
+/// Builds BBR controllers wrapped in `LossTolerant`, each under the node's
+/// upload cap if it has one.
 #[derive(Debug, Default)]
-pub struct LossTolerantBbr(Arc<Bbr3Config>);
+pub struct LossTolerantBbr {
+    config: Arc<Bbr3Config>,
+    cap: Option<Arc<UploadCap>>,
+}
+
+impl LossTolerantBbr {
+    pub fn new(cap: Option<Arc<UploadCap>>) -> Self {
+        LossTolerantBbr {
+            config: Default::default(),
+            cap,
+        }
+    }
+}
 
 impl ControllerFactory for LossTolerantBbr {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         Box::new(LossTolerant {
-            inner: self.0.clone().build(now, current_mtu),
+            inner: self.config.clone().build(now, current_mtu),
             losses: LossRate::default(),
+            share: self.cap.as_ref().map(Share::of),
         })
     }
 }
@@ -78,6 +94,8 @@ impl LossRate {
 struct LossTolerant {
     inner: Box<dyn Controller>,
     losses: LossRate,
+    /// Its place under the node's upload cap, if any.
+    share: Option<Share>,
 }
 
 impl Controller for LossTolerant {
@@ -87,6 +105,9 @@ impl Controller for LossTolerant {
 
     fn on_packet_sent(&mut self, now: Instant, bytes: u16, pn: u64) {
         self.losses.sent();
+        if let Some(share) = &mut self.share {
+            share.sent(now);
+        }
         self.inner.on_packet_sent(now, bytes, pn);
     }
 
@@ -160,6 +181,9 @@ impl Controller for LossTolerant {
         let noise = self.losses.noise();
         m.congestion_window = lossless(m.congestion_window, noise);
         m.pacing_rate = m.pacing_rate.map(|r| lossless(r, noise));
+        if let Some(share) = &self.share {
+            m.pacing_rate = Some(share.limit(m.pacing_rate));
+        }
         m
     }
 
@@ -167,6 +191,7 @@ impl Controller for LossTolerant {
         Box::new(LossTolerant {
             inner: self.inner.clone_box(),
             losses: self.losses,
+            share: self.share.clone(),
         })
     }
 

@@ -43,6 +43,8 @@ pub struct UpOptions {
     pub relay: Option<String>,
     /// No LAN discovery (mDNS).
     pub no_discovery: bool,
+    /// The most the node sends, all peers together, in kbit/s.
+    pub max_upload_kbps: Option<u32>,
 }
 
 pub fn up(data_dir: &Path, opts: UpOptions) -> Result<(), String> {
@@ -259,11 +261,19 @@ const DEFAULT_CONGESTION: &str = "bbr";
 
 type ControllerFactory = Arc<dyn iroh::endpoint::ControllerFactory + Send + Sync>;
 
-fn congestion_controller() -> Result<ControllerFactory, String> {
+fn congestion_controller(max_upload_kbps: Option<u32>) -> Result<ControllerFactory, String> {
+    let cap = max_upload_kbps
+        .map(crate::net::upload_cap::UploadCap::new)
+        .transpose()?;
     use noq_proto::congestion::{Bbr3Config, CubicConfig, NewRenoConfig};
     let name = std::env::var(CONGESTION_ENV).unwrap_or_else(|_| DEFAULT_CONGESTION.into());
     Ok(match name.as_str() {
-        "bbr" => Arc::new(crate::net::congestion::LossTolerantBbr::default()),
+        "bbr" => Arc::new(crate::net::congestion::LossTolerantBbr::new(cap)),
+        _ if cap.is_some() => {
+            return Err(format!(
+                "--max-upload-kbps needs the default congestion control, not {CONGESTION_ENV}={name}"
+            ));
+        }
         "bbr3" => Arc::new(Bbr3Config::default()),
         "cubic" => Arc::new(CubicConfig::default()),
         "newreno" => Arc::new(NewRenoConfig::default()),
@@ -296,7 +306,7 @@ async fn bind_endpoint(
     // falls back to 1200.
     let transport = QuicTransportConfig::builder()
         .initial_mtu(INITIAL_MTU)
-        .congestion_controller_factory(congestion_controller()?)
+        .congestion_controller_factory(congestion_controller(opts.max_upload_kbps)?)
         .build();
     Endpoint::builder(presets::Minimal)
         .transport_config(transport)
