@@ -501,12 +501,19 @@ fn members_on_one_lan_find_each_other_after_both_moved() {
     nb.set_address("10.231.0.12/24");
     a.start_node("0.0.0.0:0");
     b.start_node("0.0.0.0:0");
-    a.ok(&["track", "add", &p, "After the move"]);
-    wait_until(CONVERGE_TIMEOUT, "B to find A on the LAN and sync", || {
-        track_names(&b.show(&p)).contains(&"After the move")
-    });
+    edit_after_the_move_reaches(&a, &b, &p);
     let log = node_log(&b);
     assert!(log.contains("found a member on the LAN"), "{log}");
+}
+
+/// `moved` adds a track to `project`; waits until `other` has it.
+fn edit_after_the_move_reaches(moved: &Studio, other: &Studio, project: &str) {
+    moved.ok(&["track", "add", project, "After the move"]);
+    wait_until(
+        CONVERGE_TIMEOUT,
+        "the other node to find the moved one and sync",
+        || track_names(&other.show(project)).contains(&"After the move"),
+    );
 }
 
 #[test]
@@ -534,10 +541,7 @@ fn a_moved_node_is_found_again_through_the_address_book() {
     a.node.take().unwrap().stop();
     na.set_address("10.232.0.11/24");
     a.start_node("0.0.0.0:0");
-    a.ok(&["track", "add", &p, "After the move"]);
-    wait_until(CONVERGE_TIMEOUT, "C to find A again and sync", || {
-        track_names(&c.show(&p)).contains(&"After the move")
-    });
+    edit_after_the_move_reaches(&a, &c, &p);
     let log = node_log(&c);
     assert!(
         log.contains("found a member in the address book")
