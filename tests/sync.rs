@@ -683,6 +683,38 @@ fn sites_that_cannot_punch_through_sync_through_the_relay() {
 }
 
 #[test]
+fn lan_only_keeps_stems_off_an_unmarked_relayed_link() {
+    // No link marked: a path through the relay counts as remote, so a
+    // `lan-only` site gets the song's state but not its stems.
+    let sites = two_sites_and_a_relay();
+    let rule = [
+        "-I",
+        "FORWARD",
+        "-o",
+        "eth0",
+        "-p",
+        "udp",
+        "-d",
+        "10.233.0.3",
+    ];
+    sites
+        .s1
+        .exec(&[&["iptables"][..], &rule, &["-j", "DROP"]].concat());
+    let (a, c) = (&sites.a, &sites.c);
+    c.ok(&["config", "set", "stems-policy", "lan-only"]);
+    let p = new_project(a, "Far away");
+    a.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Noise.wav")]);
+    c.ok(&["join", &invite(a, &p)]);
+    wait_until(CONVERGE_TIMEOUT, "C to hold the stem back", || {
+        node_log(c).contains("stem held back")
+    });
+    assert_eq!(a.show(&p), c.show(&p), "the state came");
+    let status: Value = serde_json::from_str(&c.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["sync"][0]["missing"], 1, "{status}");
+    assert_eq!(peer_entry(c, &a.ok(&["id"]))["path"], "relay");
+}
+
+#[test]
 fn lan_only_keeps_stems_off_a_remote_link_while_state_syncs() {
     let (na, nb) = (Netns::new(), Netns::new());
     link(&na, "10.74.1.1/24", &nb, "10.74.1.2/24");

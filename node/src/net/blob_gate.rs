@@ -67,8 +67,9 @@ async fn judge(hub: &Arc<Hub>, peer: Option<EndpointId>, hash: Hash) -> Result<(
         return Err(AbortReason::Permission);
     };
     let who = peer.to_string();
+    let seen = hub.link_seen(&who);
     let allowed = hub
-        .with_ctx(move |ctx| may_fetch(ctx, &who, hash) && stems_allowed(ctx, &who))
+        .with_ctx(move |ctx| may_fetch(ctx, &who, hash) && stems_allowed(ctx, &who, seen))
         .await;
     tracing::debug!(%peer, hash = %hash.fmt_short(), allowed, "blob request");
     if !allowed {

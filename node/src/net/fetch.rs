@@ -186,10 +186,16 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
             .copied()
             .collect();
         if !unknown.is_empty() {
+            let seen: Vec<_> = unknown
+                .iter()
+                .map(|p| (*p, hub.link_seen(&p.to_string())))
+                .collect();
             let verdicts = hub
                 .with_ctx(move |ctx| {
-                    let allowed = |p: EndpointId| (p, stems_allowed(ctx, &p.to_string()));
-                    unknown.into_iter().map(allowed).collect::<Vec<_>>()
+                    let allowed = |(p, seen): (EndpointId, Option<&str>)| {
+                        (p, stems_allowed(ctx, &p.to_string(), seen))
+                    };
+                    seen.into_iter().map(allowed).collect::<Vec<_>>()
                 })
                 .await;
             policy.extend(verdicts);

@@ -332,6 +332,18 @@ impl Hub {
         }
     }
 
+    /// How the link to `peer` looks now (`policy::seen`), if connected.
+    pub fn link_seen(&self, peer: &str) -> Option<&'static str> {
+        let live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let paths = live.get(peer)?.paths();
+        let path = paths.iter().find(|p| p.is_selected())?;
+        let ip = match path.remote_addr() {
+            iroh::TransportAddr::Ip(addr) => Some(addr.ip()),
+            _ => None,
+        };
+        Some(super::policy::seen(path.is_relay(), ip))
+    }
+
     pub fn is_connected(&self, peer: &str) -> bool {
         let live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         live.contains_key(peer)

@@ -1,10 +1,15 @@
 //! What may cross a link: the sites pay for bandwidth. State always syncs
 //! (it is tiny); stems follow the stems policy — `always`, `lan-only` or
 //! `never` — set for the node (`config set stems-policy …`) or for one
-//! peer (`config set stems-policy:<node id> …`). A link counts as LAN
-//! unless marked remote (`config set link:<node id> remote`). The policy
+//! peer (`config set stems-policy:<node id> …`). A link is what it is
+//! marked (`config set link:<node id> lan|remote`); unmarked, it is judged
+//! by the path in use (`seen`): through a relay, or to a public address,
+//! it is remote; direct to a private, link-local or loopback address, LAN;
+//! with no connection up, LAN (the mark decides then). The policy
 //! holds both ways: this node neither fetches stems over a link it keeps
 //! them off, nor serves them over it.
+
+use std::net::IpAddr;
 
 use crate::request::Context;
 
@@ -15,8 +20,24 @@ pub const LINK_PREFIX: &str = "link:";
 pub const STEMS_POLICIES: &[&str] = &["always", "lan-only", "never"];
 pub const LINK_KINDS: &[&str] = &["lan", "remote"];
 
-/// Whether stems may travel between this node and `peer` (hex id).
-pub fn stems_allowed(ctx: &mut Context, peer: &str) -> bool {
+/// How a path looks: relayed or public is `remote`, private is `lan`.
+pub fn seen(relayed: bool, remote_ip: Option<IpAddr>) -> &'static str {
+    let private = |ip: IpAddr| match ip {
+        IpAddr::V4(ip) => ip.is_private() || ip.is_link_local() || ip.is_loopback(),
+        IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            ip.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    };
+    match remote_ip {
+        Some(ip) if !relayed && private(ip) => "lan",
+        _ => "remote",
+    }
+}
+
+/// Whether stems may travel between this node and `peer` (hex id), whose
+/// link looks like `seen` now (`None`: no connection up).
+pub fn stems_allowed(ctx: &mut Context, peer: &str, seen: Option<&str>) -> bool {
     let Ok(store) = ctx.store() else {
         return false;
     };
@@ -26,7 +47,10 @@ pub fn stems_allowed(ctx: &mut Context, peer: &str) -> bool {
         .unwrap_or_else(|| "always".into());
     match policy.as_str() {
         "never" => false,
-        "lan-only" => setting(&format!("{LINK_PREFIX}{peer}")).as_deref() != Some("remote"),
+        "lan-only" => {
+            let marked = setting(&format!("{LINK_PREFIX}{peer}"));
+            marked.as_deref().or(seen) != Some("remote")
+        }
         _ => true,
     }
 }
@@ -54,6 +78,19 @@ pub fn check_setting(key: &str, value: &str) -> Option<Result<(), String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_judged_lan_or_remote() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        assert_eq!(seen(false, ip("192.168.1.7")), "lan");
+        assert_eq!(seen(false, ip("10.0.0.2")), "lan");
+        assert_eq!(seen(false, ip("fd00::7")), "lan");
+        assert_eq!(seen(false, ip("fe80::1")), "lan");
+        assert_eq!(seen(false, ip("203.0.113.9")), "remote");
+        assert_eq!(seen(false, ip("2001:db8::1")), "remote");
+        assert_eq!(seen(true, ip("192.168.1.7")), "remote", "through a relay");
+        assert_eq!(seen(true, None), "remote");
+    }
 
     #[test]
     fn policy_settings_are_checked() {
