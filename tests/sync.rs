@@ -711,7 +711,12 @@ fn lan_only_keeps_stems_off_an_unmarked_relayed_link() {
     assert_eq!(a.show(&p), c.show(&p), "the state came");
     let status: Value = serde_json::from_str(&c.ok(&["status", "--json"])).unwrap();
     assert_eq!(status["sync"][0]["missing"], 1, "{status}");
-    assert_eq!(peer_entry(c, &a.ok(&["id"]))["path"], "relay");
+    let peer = peer_entry(c, &a.ok(&["id"]));
+    assert_eq!(
+        (&peer["path"], &peer["link"]),
+        (&"relay".into(), &"remote".into())
+    );
+    assert!(c.ok(&["status"]).contains("(remote link)"));
 }
 
 #[test]

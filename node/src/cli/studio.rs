@@ -277,11 +277,12 @@ pub fn status(data_dir: &Path, json: bool) -> Result<(), Failure> {
             .as_f64()
             .map_or_else(String::new, |r| format!(", rtt {r:.1} ms"));
         println!(
-            "  peer {}  {} {}{rtt}",
+            "  peer {}  {} {} ({} link){rtt}",
             &p["id"].as_str().unwrap_or_default()
                 [..16.min(p["id"].as_str().unwrap_or_default().len())],
             p["path"].as_str().unwrap_or("?"),
             p["address"].as_str().unwrap_or("?"),
+            p["link"].as_str().unwrap_or("?"),
         );
     }
     for p in v["sync"].as_array().into_iter().flatten() {

@@ -142,7 +142,8 @@ impl Hub {
     }
 
     /// Connected peers: id, address and round-trip time of the path in use,
-    /// and whether that path is direct or through a relay.
+    /// whether that path is direct or through a relay, and whether it looks
+    /// like a LAN or a remote link (`policy::seen`; a `link:` mark wins).
     pub fn peer_report(&self) -> Vec<Value> {
         let live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<Value> = live
@@ -156,6 +157,7 @@ impl Hub {
                     "address": selected.as_ref().map(|p| format!("{:?}", p.remote_addr())),
                     "rtt_ms": selected.as_ref().map(|p| p.rtt().as_secs_f64() * 1000.0),
                     "path": selected.as_ref().map(|p| if p.is_relay() { "relay" } else { "direct" }),
+                    "link": selected.as_ref().map(|p| seen_of(p)),
                 })
             })
             .collect();
@@ -336,12 +338,7 @@ impl Hub {
     pub fn link_seen(&self, peer: &str) -> Option<&'static str> {
         let live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         let paths = live.get(peer)?.paths();
-        let path = paths.iter().find(|p| p.is_selected())?;
-        let ip = match path.remote_addr() {
-            iroh::TransportAddr::Ip(addr) => Some(addr.ip()),
-            _ => None,
-        };
-        Some(super::policy::seen(path.is_relay(), ip))
+        paths.iter().find(|p| p.is_selected()).map(|p| seen_of(&p))
     }
 
     pub fn is_connected(&self, peer: &str) -> bool {
@@ -356,6 +353,15 @@ impl Hub {
             .await;
         *self.members.write().unwrap_or_else(|p| p.into_inner()) = set;
     }
+}
+
+/// How a connection's path looks: `lan` or `remote` (`policy::seen`).
+fn seen_of(path: &iroh::endpoint::Path<'_>) -> &'static str {
+    let ip = match path.remote_addr() {
+        iroh::TransportAddr::Ip(addr) => Some(addr.ip()),
+        _ => None,
+    };
+    super::policy::seen(path.is_relay(), ip)
 }
 
 /// Every node that is a member of any project here.
