@@ -596,6 +596,24 @@ struct TwoSites {
     _rest: Vec<Netns>,
 }
 
+impl TwoSites {
+    /// Site 1's router lets no UDP out to site 2: no hole can be punched.
+    fn block_udp_between_sites(&self) {
+        let rule = [
+            "-I",
+            "FORWARD",
+            "-o",
+            "eth0",
+            "-p",
+            "udp",
+            "-d",
+            "10.233.0.3",
+        ];
+        self.s1
+            .exec(&[&["iptables"][..], &rule, &["-j", "DROP"]].concat());
+    }
+}
+
 fn two_sites_and_a_relay() -> TwoSites {
     let (public, s1, s2) = (Netns::new(), Netns::new(), Netns::new());
     let (na, nc) = (Netns::new(), Netns::new());
@@ -664,19 +682,7 @@ fn sites_that_cannot_punch_through_sync_through_the_relay() {
     // NAT that maps every destination differently): no hole can be
     // punched, and everything goes through the relay.
     let sites = two_sites_and_a_relay();
-    let rule = [
-        "-I",
-        "FORWARD",
-        "-o",
-        "eth0",
-        "-p",
-        "udp",
-        "-d",
-        "10.233.0.3",
-    ];
-    sites
-        .s1
-        .exec(&[&["iptables"][..], &rule, &["-j", "DROP"]].concat());
+    sites.block_udp_between_sites();
     let peer = sync_across_sites(&sites);
     assert_eq!(peer["path"], "relay", "{peer}");
     assert!(sites.c.ok(&["status"]).contains("relay"));
@@ -687,19 +693,7 @@ fn lan_only_keeps_stems_off_an_unmarked_relayed_link() {
     // No link marked: a path through the relay counts as remote, so a
     // `lan-only` site gets the song's state but not its stems.
     let sites = two_sites_and_a_relay();
-    let rule = [
-        "-I",
-        "FORWARD",
-        "-o",
-        "eth0",
-        "-p",
-        "udp",
-        "-d",
-        "10.233.0.3",
-    ];
-    sites
-        .s1
-        .exec(&[&["iptables"][..], &rule, &["-j", "DROP"]].concat());
+    sites.block_udp_between_sites();
     let (a, c) = (&sites.a, &sites.c);
     c.ok(&["config", "set", "stems-policy", "lan-only"]);
     let p = new_project(a, "Far away");

@@ -124,12 +124,16 @@ pub async fn sync_report(hub: &Hub, projects: Vec<ProjectStems>) -> Vec<serde_js
     out
 }
 
+/// Blobs `project` references, as far as they parse, in download order.
+fn wanted(ctx: &mut crate::request::Context, project: &str) -> Vec<(Hash, Tier)> {
+    ctx.doc(project)
+        .map(|p| in_priority(&ProjectView::of(&p).tracks))
+        .unwrap_or_default()
+}
+
 /// Blobs `project` references, as far as they parse.
 pub fn referenced(ctx: &mut crate::request::Context, project: &str) -> Vec<Hash> {
-    let Ok(p) = ctx.doc(project) else {
-        return Vec::new();
-    };
-    stems_of(&ProjectView::of(&p))
+    wanted(ctx, project)
         .into_iter()
         .map(|(hash, _)| hash)
         .collect()
@@ -144,13 +148,7 @@ const FETCHES_AT_ONCE: usize = 4;
 /// it needs are here, so a slow link brings the audible song first.
 pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
     let p = project.clone();
-    let wanted = hub
-        .with_ctx(move |ctx| {
-            ctx.doc(&p)
-                .map(|doc| in_priority(&ProjectView::of(&doc).tracks))
-                .unwrap_or_default()
-        })
-        .await;
+    let wanted = hub.with_ctx(move |ctx| wanted(ctx, &p)).await;
     let heard: Vec<Hash> = wanted
         .iter()
         .filter(|(_, tier)| *tier == Tier::Heard)
