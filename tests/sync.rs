@@ -864,12 +864,32 @@ fn import_20_mb(a: &Studio, project: &str) -> u64 {
     total
 }
 
+/// A ~640 KB noise stem imported on `a` and fetched by `b` (joining now):
+/// the rate it came at, in kbit/s. Loopback alone would take a blink, so a
+/// cap shows; a one-sided check, since a slow machine only slows it more.
+fn stem_rate_kbps(a: &Studio, b: &Studio, seed: u32) -> f64 {
+    let p = new_project(a, &format!("Capped {seed}"));
+    let wav = a.path().join(format!("noise{seed}.wav"));
+    noise(&wav, 48_000, 2, seed, &[]);
+    let before = stem_file_bytes(a);
+    a.ok(&["import", &p, s(&wav)]);
+    let bytes = stem_file_bytes(a) - before;
+    let started = std::time::Instant::now();
+    b.ok(&["join", &invite(a, &p)]);
+    b.ok(&["sync", &p, "--wait", "--timeout", "120"]);
+    let took = started.elapsed().as_secs_f64();
+    let kbps = bytes as f64 * 8.0 / took / 1000.0;
+    eprintln!("{bytes} B in {took:.1} s: {kbps:.0} kbit/s");
+    kbps
+}
+
+/// An 800 kbit/s cap, with a little room for the first burst.
+const CAP_KBPS: f64 = 800.0;
+const CAP_MARGIN: f64 = 1.15;
+
 #[test]
 fn an_upload_cap_holds_what_a_node_sends() {
-    // A site that pays per byte caps its node at 800 kbit/s: a ~640 KB
-    // stem then takes at least ~6 s to leave it, where loopback alone
-    // would take a blink. (A one-sided check: a slow machine only makes
-    // the transfer slower.)
+    // A site that pays per byte caps its node at 800 kbit/s.
     let mut a = Studio::new();
     a.node = Some(Node::start_with(
         a.path(),
@@ -878,19 +898,9 @@ fn an_upload_cap_holds_what_a_node_sends() {
         &["--max-upload-kbps", "800"],
     ));
     let b = Studio::with_node();
-    let p = new_project(&a, "Capped");
-    let wav = a.path().join("noise.wav");
-    noise(&wav, 48_000, 2, 40, &[]);
-    a.ok(&["import", &p, s(&wav)]);
-    let bytes = stem_file_bytes(&a);
-    let started = std::time::Instant::now();
-    b.ok(&["join", &invite(&a, &p)]);
-    b.ok(&["sync", &p, "--wait", "--timeout", "120"]);
-    let took = started.elapsed().as_secs_f64();
-    let kbps = bytes as f64 * 8.0 / took / 1000.0;
-    eprintln!("{bytes} B in {took:.1} s: {kbps:.0} kbit/s (cap 800)");
+    let kbps = stem_rate_kbps(&a, &b, 40);
     assert!(
-        kbps <= 800.0 * 1.15,
+        kbps <= CAP_KBPS * CAP_MARGIN,
         "{kbps:.0} kbit/s through an 800 kbit/s cap"
     );
     // And the cap is checked when the node starts.
@@ -901,6 +911,47 @@ fn an_upload_cap_holds_what_a_node_sends() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-upload-kbps 1"));
+}
+
+#[test]
+fn a_download_cap_holds_what_a_node_takes_in() {
+    let a = Studio::with_node();
+    let mut b = Studio::new();
+    b.node = Some(Node::start_with(
+        b.path(),
+        "127.0.0.1:0",
+        None,
+        &["--max-download-kbps", "800"],
+    ));
+    let kbps = stem_rate_kbps(&a, &b, 41);
+    assert!(
+        kbps <= CAP_KBPS * CAP_MARGIN,
+        "{kbps:.0} kbit/s through an 800 kbit/s cap"
+    );
+}
+
+#[test]
+fn per_peer_caps_hold_one_peer_and_not_another() {
+    let a = Studio::with_node();
+    let (b, c) = (Studio::with_node(), Studio::with_node());
+    let b_id = b.ok(&["id"]).trim().to_string();
+    // A sends B at most 800 kbit/s; C, uncapped, gets a stem at loopback speed.
+    a.ok(&["config", "set", &format!("max-upload-kbps:{b_id}"), "800"]);
+    let kbps = stem_rate_kbps(&a, &b, 42);
+    assert!(kbps <= CAP_KBPS * CAP_MARGIN, "A to B: {kbps:.0} kbit/s");
+    let free = stem_rate_kbps(&a, &c, 43);
+    assert!(free > CAP_KBPS * 2.0, "A to C has no cap: {free:.0} kbit/s");
+    // B takes from C at most 800 kbit/s (B's own cap on that peer).
+    let c_id = c.ok(&["id"]).trim().to_string();
+    b.ok(&["config", "set", &format!("max-download-kbps:{c_id}"), "800"]);
+    let kbps = stem_rate_kbps(&c, &b, 44);
+    assert!(kbps <= CAP_KBPS * CAP_MARGIN, "C to B: {kbps:.0} kbit/s");
+    // Bad settings are refused with the reason.
+    let out = a.run(&["config", "set", "max-upload-kbps:nobody", "800"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a node id"));
+    let out = a.run(&["config", "set", &format!("max-upload-kbps:{b_id}"), "fast"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kbit/s"));
 }
 
 #[test]

@@ -62,6 +62,11 @@ enum Command {
         /// (a site that pays per byte) [default: no limit].
         #[arg(long, value_name = "KBPS")]
         max_upload_kbps: Option<u32>,
+        /// The most stems this node downloads, from all peers together, in
+        /// kbit/s [default: no limit]. Per peer: `config set
+        /// max-download-kbps:<node id> KBPS` (and max-upload-kbps:<node id>).
+        #[arg(long, value_name = "KBPS")]
+        max_download_kbps: Option<u32>,
     },
     /// Run a relay for sites behind NAT, on a machine they can all reach.
     ///
@@ -388,7 +393,10 @@ enum ConfigCmd {
     /// through; default /usr/share/sounds/sf2/TimGM6mb.sf2), stems-policy
     /// (always, lan-only or never: which links stems may cross, both ways;
     /// state always syncs), stems-policy:<node id> (the same for one peer),
-    /// link:<node id> (lan or remote; links count as LAN until marked).
+    /// link:<node id> (lan or remote; unmarked, judged by the path in use),
+    /// max-upload-kbps:<node id> and max-download-kbps:<node id> (caps on
+    /// the stems this node sends that peer or takes from it, 16–10000000
+    /// kbit/s, or none).
     #[command(allow_negative_numbers = true)]
     Set { key: String, value: String },
 }
@@ -501,6 +509,7 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
             relay,
             no_discovery,
             max_upload_kbps,
+            max_download_kbps,
         } => {
             let opts = crate::node::UpOptions {
                 bind,
@@ -508,6 +517,7 @@ fn studio_command(data_dir: Option<&std::path::Path>, command: Command) -> Resul
                 relay,
                 no_discovery,
                 max_upload_kbps,
+                max_download_kbps,
             };
             return crate::node::up(&dir, opts).map_err(|e| report_line(&e));
         }

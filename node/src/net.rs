@@ -18,6 +18,7 @@ pub mod join;
 pub mod peers;
 pub mod policy;
 pub mod proof;
+pub mod rate_limit;
 pub mod sync;
 pub mod ticket;
 pub mod upload_cap;

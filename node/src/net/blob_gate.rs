@@ -2,6 +2,8 @@
 //! belongs to (here) references that blob. The endpoint's gate already
 //! keeps strangers out; this keeps a member of one project out of another
 //! project's stems. Pushes and multi-blob requests are disabled outright.
+//! A peer with an upload cap (`max-upload-kbps:<id>`) gets its stems
+//! chunk by chunk at that pace (iroh-blobs' throttle events).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use meshstudio_store::Hash;
 
 use super::hub::Hub;
 use super::policy::stems_allowed;
+use super::rate_limit::{Way, peer_kbps};
 use crate::project::ProjectView;
 use crate::project::doc::members;
 
@@ -29,7 +32,7 @@ pub fn spawn(hub: Arc<Hub>) -> EventSender {
         get_many: RequestMode::Disabled,
         push: RequestMode::Disabled,
         observe: ObserveMode::Intercept,
-        throttle: ThrottleMode::None,
+        throttle: ThrottleMode::Intercept,
     };
     let (sender, mut rx) = EventSender::channel(EVENTS_IN_FLIGHT, mask);
     tokio::spawn(async move {
@@ -50,6 +53,22 @@ pub fn spawn(hub: Arc<Hub>) -> EventSender {
                     let verdict = judge(&hub, peer, m.inner.request.hash).await;
                     m.tx.send(verdict).await.ok();
                 }
+                ProviderMessage::Throttle(m) => {
+                    let peer = peers.get(&m.inner.connection_id);
+                    let paces = peer.map(|p| hub.caps.to(p)).unwrap_or_default();
+                    if paces.is_empty() {
+                        m.tx.send(Ok(())).await.ok();
+                        continue;
+                    }
+                    // Held on its own task: other peers' chunks and
+                    // requests go on meanwhile.
+                    tokio::spawn(async move {
+                        for pace in paces {
+                            pace.take(m.inner.size).await;
+                        }
+                        m.tx.send(Ok(())).await.ok();
+                    });
+                }
                 ProviderMessage::ObserveRequestReceived(m) => {
                     let peer = peers.get(&m.inner.connection_id).copied();
                     let verdict = judge(&hub, peer, m.inner.request.hash).await;
@@ -68,9 +87,13 @@ async fn judge(hub: &Arc<Hub>, peer: Option<EndpointId>, hash: Hash) -> Result<(
     };
     let who = peer.to_string();
     let seen = hub.link_seen(&who);
-    let allowed = hub
-        .with_ctx(move |ctx| may_fetch(ctx, &who, hash) && stems_allowed(ctx, &who, seen))
+    let (allowed, cap) = hub
+        .with_ctx(move |ctx| {
+            let allowed = may_fetch(ctx, &who, hash) && stems_allowed(ctx, &who, seen);
+            (allowed, peer_kbps(ctx, Way::Up, &who))
+        })
         .await;
+    hub.caps.set(Way::Up, peer, cap);
     tracing::debug!(%peer, hash = %hash.fmt_short(), allowed, "blob request");
     if !allowed {
         tracing::warn!(%peer, hash = %hash.fmt_short(), "blob request refused: no shared project uses it, or the stems policy keeps stems off this link");

@@ -11,6 +11,7 @@ use tokio_stream::StreamExt;
 
 use super::hub::Hub;
 use super::policy::stems_allowed;
+use super::rate_limit::{Way, peer_kbps};
 use crate::project::ProjectView;
 use crate::project::view::TrackView;
 
@@ -190,13 +191,18 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
                 .collect();
             let verdicts = hub
                 .with_ctx(move |ctx| {
-                    let allowed = |(p, seen): (EndpointId, Option<&str>)| {
-                        (p, stems_allowed(ctx, &p.to_string(), seen))
+                    let judge = |(p, seen): (EndpointId, Option<&str>)| {
+                        let id = p.to_string();
+                        let cap = peer_kbps(ctx, Way::Down, &id);
+                        (p, stems_allowed(ctx, &id, seen), cap)
                     };
-                    seen.into_iter().map(allowed).collect::<Vec<_>>()
+                    seen.into_iter().map(judge).collect::<Vec<_>>()
                 })
                 .await;
-            policy.extend(verdicts);
+            for (p, allowed, cap) in verdicts {
+                policy.insert(p, allowed);
+                hub.caps.set(Way::Down, p, cap);
+            }
         }
         let providers: Vec<EndpointId> = candidates.into_iter().filter(|p| policy[p]).collect();
         if providers.is_empty() {
@@ -241,7 +247,9 @@ async fn until_fetched(hub: &Hub, hashes: &[Hash]) {
 
 /// Downloads `hash`, trying `providers` in turn; each resumes from what
 /// is already here (verified), so a peer serving bad data costs only the
-/// chunk that failed verification.
+/// chunk that failed verification. The node's download cap and the
+/// provider's hold each arriving chunk (`rate_limit`): the downloader stops
+/// reading while they wait, and QUIC flow control holds the sender.
 async fn fetch_one(hub: &Hub, hash: Hash, providers: Vec<EndpointId>) -> Result<(), String> {
     use iroh_blobs::api::downloader::DownloadProgressItem as Item;
     let download = hub.downloader.download(hash, providers);
@@ -249,13 +257,20 @@ async fn fetch_one(hub: &Hub, hash: Hash, providers: Vec<EndpointId>) -> Result<
     // Progress is the bytes present; each provider's first report includes
     // what was here before it, which is not newly received.
     let mut last: Option<u64> = None;
+    let mut provider_cap = None;
     while let Some(item) = items.next().await {
         match item {
-            Item::TryProvider { .. } => last = None,
+            Item::TryProvider { id, .. } => {
+                last = None;
+                provider_cap = hub.caps.of(Way::Down, &id);
+            }
             Item::Progress(present) => {
                 let new = last.map_or(0, |l| present.saturating_sub(l));
                 hub.fetch_progress(hash, present, new);
                 last = Some(present);
+                for pace in hub.caps.download.iter().chain(provider_cap.as_deref()) {
+                    pace.take(new).await;
+                }
             }
             Item::Error(e) => return Err(e.to_string()),
             Item::DownloadError => return Err("no provider could send it".into()),

@@ -48,6 +48,8 @@ pub struct Hub {
     /// The relay this node uses (`up --relay`), if any: a community shares
     /// one, so every peer is also dialled through it.
     pub relay: Option<iroh::RelayUrl>,
+    /// The node's download cap and peers' caps on stems (`rate_limit`).
+    pub caps: super::rate_limit::Caps,
     /// Requests to the discovery plane, once it runs.
     pub discovery: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::discovery::Command>>,
 }

@@ -55,9 +55,28 @@ pub fn stems_allowed(ctx: &mut Context, peer: &str, seen: Option<&str>) -> bool 
     }
 }
 
-/// Whether `key` is a policy setting, and `value` one it takes: `None` if
-/// the key is not a policy's, else the error for a bad value.
+/// Whether `key` is a link setting (a policy or a peer's cap), and `value`
+/// one it takes: `None` if the key is not one, else the error for a bad
+/// value or a key naming no node id.
 pub fn check_setting(key: &str, value: &str) -> Option<Result<(), String>> {
+    use super::rate_limit::{DOWNLOAD_PREFIX, UPLOAD_PREFIX};
+    let prefixes = [
+        STEMS_POLICY_PREFIX,
+        LINK_PREFIX,
+        UPLOAD_PREFIX,
+        DOWNLOAD_PREFIX,
+    ];
+    let peer = prefixes.iter().find_map(|p| key.strip_prefix(p));
+    if let Some(peer) = peer
+        && peer.parse::<iroh::EndpointId>().is_err()
+    {
+        return Some(Err(format!(
+            "{key}: {peer:?} is not a node id (`meshstudio status` shows peers' ids)"
+        )));
+    }
+    if key.starts_with(UPLOAD_PREFIX) || key.starts_with(DOWNLOAD_PREFIX) {
+        return Some(super::rate_limit::check_kbps_setting(key, value));
+    }
     let allowed = if key == STEMS_POLICY_KEY || key.starts_with(STEMS_POLICY_PREFIX) {
         STEMS_POLICIES
     } else if key.starts_with(LINK_PREFIX) {
@@ -96,9 +115,17 @@ mod tests {
     fn policy_settings_are_checked() {
         assert_eq!(check_setting("author", "x"), None);
         assert_eq!(check_setting("stems-policy", "lan-only"), Some(Ok(())));
-        assert_eq!(check_setting("stems-policy:abcd", "never"), Some(Ok(())));
-        assert_eq!(check_setting("link:abcd", "remote"), Some(Ok(())));
-        assert!(matches!(check_setting("link:abcd", "far"), Some(Err(_))));
+        let id = iroh::SecretKey::from_bytes(&[3; 32]).public().to_string();
+        let ok = |key: &str, value| check_setting(&format!("{key}{id}"), value);
+        assert_eq!(ok("stems-policy:", "never"), Some(Ok(())));
+        assert_eq!(ok("link:", "remote"), Some(Ok(())));
+        assert!(matches!(ok("link:", "far"), Some(Err(_))));
+        assert_eq!(ok("max-upload-kbps:", "800"), Some(Ok(())));
+        assert_eq!(ok("max-download-kbps:", "none"), Some(Ok(())));
+        assert!(matches!(ok("max-download-kbps:", "8"), Some(Err(_))));
+        assert!(matches!(ok("max-upload-kbps:", "fast"), Some(Err(_))));
+        let typo = check_setting("stems-policy:abcd", "never");
+        assert!(matches!(typo, Some(Err(e)) if e.contains("not a node id")));
         assert!(matches!(
             check_setting("stems-policy", "sometimes"),
             Some(Err(_))

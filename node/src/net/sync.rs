@@ -21,6 +21,7 @@ use yrs::{ReadTxn, StateVector, Transact};
 
 use super::hub::Hub;
 use super::proof::{self, Purpose};
+use super::rate_limit::{Way, peer_kbps};
 use super::wire::{self, HELLO, Hello, MAX_SYNC_FRAME_BYTES, STEP1, STEP2, UPDATE};
 use super::{SYNC_ALPN, frame};
 use crate::project::doc::{NET, members};
@@ -119,16 +120,21 @@ async fn read_hello(recv: &mut RecvStream) -> Result<Hello, SyncError> {
 }
 
 async fn send_hello(
-    hub: &Hub,
+    hub: &Arc<Hub>,
     send: &mut SendStream,
     secret: &[u8; 32],
     project: &str,
     peer: &str,
 ) -> Result<(), SyncError> {
     let proof = proof::make(secret, Purpose::Sync, project, &hub.me, peer);
+    let peer_s = peer.to_string();
+    let own = hub
+        .with_ctx(move |ctx| peer_kbps(ctx, Way::Down, &peer_s))
+        .await;
     let hello = serde_json::to_vec(&Hello {
         project: project.into(),
         proof,
+        pace_kbps: own.into_iter().chain(hub.caps.download_kbps).min(),
     })
     .expect("json");
     Ok(frame::write(send, &wire::frame(HELLO, &hello)).await?)
@@ -142,6 +148,7 @@ async fn accept_stream(
 ) -> Result<(), SyncError> {
     let hello = read_hello(&mut recv).await?;
     let secret = check_hello(&hub, peer, &hello).await?;
+    hub.caps.asked(peer, hello.pace_kbps);
     send_hello(&hub, &mut send, &secret, &hello.project, peer).await?;
     session(hub, hello.project, peer.to_string(), send, recv).await
 }
@@ -190,6 +197,7 @@ async fn run_dialed(hub: &Arc<Hub>, conn: &Connection, peer: &str) -> Result<(),
                 "the peer could not prove membership".into(),
             ));
         }
+        hub.caps.asked(&peer, hello.pace_kbps);
         sessions.spawn(session(hub.clone(), project, peer.clone(), send, recv));
     }
     while let Some(done) = sessions.join_next().await {

@@ -30,13 +30,8 @@ pub struct UploadCap {
 impl UploadCap {
     /// A cap of `kbps` kbit/s, checked against the limits.
     pub fn new(kbps: u32) -> Result<Arc<UploadCap>, String> {
-        if !(MIN_KBPS..=MAX_KBPS).contains(&kbps) {
-            return Err(format!(
-                "--max-upload-kbps {kbps}: choose {MIN_KBPS}..={MAX_KBPS} kbit/s"
-            ));
-        }
         Ok(Arc::new(UploadCap {
-            bytes_per_s: u64::from(kbps) * 1000 / 8,
+            bytes_per_s: super::rate_limit::bytes_per_s(kbps, "--max-upload-kbps")?,
             senders: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),

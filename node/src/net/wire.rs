@@ -29,6 +29,11 @@ pub const UPDATE: u8 = 4;
 pub struct Hello {
     pub project: String,
     pub proof: String,
+    /// The most stem bytes the sender of this hello wants from its peer, in
+    /// kbit/s (its download caps): the peer paces its uploads to it, so no
+    /// receive buffer fills at link speed first. Older nodes send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace_kbps: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]

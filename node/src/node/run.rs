@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use iroh::endpoint::{QuicTransportConfig, presets};
+use iroh::endpoint::{QuicTransportConfig, VarInt, presets};
 use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
 use meshstudio_store::{StoreError, init_identity};
 
@@ -45,6 +45,8 @@ pub struct UpOptions {
     pub no_discovery: bool,
     /// The most the node sends, all peers together, in kbit/s.
     pub max_upload_kbps: Option<u32>,
+    /// The most stem bytes the node takes in, all peers together, in kbit/s.
+    pub max_download_kbps: Option<u32>,
 }
 
 pub fn up(data_dir: &Path, opts: UpOptions) -> Result<(), String> {
@@ -117,6 +119,7 @@ async fn serve(
             member_union(&mut locked).map_err(|e| e.to_string())?,
         ))
     };
+    let caps = crate::net::rate_limit::Caps::new(opts.max_download_kbps)?;
     let endpoint = bind_endpoint(opts, secret, Gate(members.clone())).await?;
     // Opening the blob store blocks on a runtime of its own: not on this one.
     let opener = ctx.clone();
@@ -140,6 +143,7 @@ async fn serve(
         net: Mutex::new(Default::default()),
         discovery: Default::default(),
         relay: opts.relay.as_deref().and_then(|u| u.parse().ok()),
+        caps,
         blobs: blobs.clone(),
         stem_arrived: Default::default(),
         downloader: blobs.downloader(&endpoint),
@@ -304,10 +308,20 @@ async fn bind_endpoint(
     // 1200: ~4 % less framing on the wire from the first packet. A path
     // that cannot carry it loses the packets, and black-hole detection
     // falls back to 1200.
-    let transport = QuicTransportConfig::builder()
+    let mut transport = QuicTransportConfig::builder()
         .initial_mtu(INITIAL_MTU)
-        .congestion_controller_factory(congestion_controller(opts.max_upload_kbps)?)
-        .build();
+        .congestion_controller_factory(congestion_controller(opts.max_upload_kbps)?);
+    if let Some(kbps) = opts.max_download_kbps {
+        // A sender may run only this far ahead of what the capped node
+        // reads (see `rate_limit`).
+        let bytes_per_s = crate::net::rate_limit::bytes_per_s(kbps, "--max-download-kbps")?;
+        let window = crate::net::rate_limit::download_window(bytes_per_s);
+        let window = VarInt::from_u64(window).map_err(|e| e.to_string())?;
+        transport = transport
+            .receive_window(window)
+            .stream_receive_window(window);
+    }
+    let transport = transport.build();
     Endpoint::builder(presets::Minimal)
         .transport_config(transport)
         .secret_key(SecretKey::from_bytes(secret))
