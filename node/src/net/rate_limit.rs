@@ -243,6 +243,12 @@ mod tests {
         assert!(caps.set(Way::Up, peer, None).is_none());
         assert!(caps.of(Way::Up, &peer).is_none());
         assert!(Caps::new(Some(1)).is_err(), "below the lowest cap");
+        // A peer's hello asks for a pace; one out of range is ignored.
+        caps.asked(&peer.to_string(), Some(800));
+        assert_eq!(caps.to(&peer).len(), 1);
+        caps.asked(&peer.to_string(), Some(u32::MAX));
+        assert!(caps.to(&peer).is_empty());
+        caps.asked("not an id", Some(800));
         assert_eq!(download_window(100_000), MIN_WINDOW_BYTES);
         assert_eq!(download_window(1_000_000), 500_000);
     }
