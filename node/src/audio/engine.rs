@@ -149,6 +149,8 @@ pub struct Outcome {
     pub xruns: u64,
     pub overrun_frames: u64,
     pub underrun_frames: u64,
+    /// Monitored frames that came too late for the output (silence there).
+    pub monitor_short_frames: u64,
     /// Frames the devices lost in xruns (silence in the take / the song
     /// skipped ahead, so the timeline holds).
     pub lost_input_frames: u64,
@@ -316,7 +318,7 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
         .collect();
     let mut playbacks = playbacks;
     if let (Some(first), Some(rx)) = (playbacks.first_mut(), mon_rx) {
-        first.monitor = Some(rx);
+        first.monitor = Some(rt::MonitorRing::new(rx));
     }
     if let Some(first) = playbacks.first_mut() {
         first.midi = midi_live;
@@ -467,6 +469,7 @@ fn fill_counters(outcome: &mut Outcome, shared: &Shared, sides: &Sides) {
     outcome.xruns = load(&shared.xruns);
     outcome.overrun_frames = load(&shared.overrun_frames);
     outcome.underrun_frames = load(&shared.underrun_frames);
+    outcome.monitor_short_frames = load(&shared.monitor_short_frames);
     outcome.lost_input_frames = load(&shared.lost_in_frames);
     outcome.lost_output_frames = load(&shared.lost_out_frames);
     outcome.midi_events = load(&shared.midi_events);

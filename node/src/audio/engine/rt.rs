@@ -212,6 +212,8 @@ pub struct Shared {
     pub underrun_frames: AtomicU64,
     /// Callbacks that hit an over- or underrun.
     pub xruns: AtomicU64,
+    /// Monitored frames the performer's output found missing (silence).
+    pub monitor_short_frames: AtomicU64,
     /// Frames the devices lost (xruns), made up for to keep the timeline.
     pub lost_in_frames: AtomicU64,
     pub lost_out_frames: AtomicU64,
@@ -344,11 +346,38 @@ impl Capture {
 /// two devices drifted apart, and the surplus is dropped to keep the
 /// performer's latency low.
 const MONITOR_BACKLOG_CALLBACKS: usize = 2;
+/// Monitoring: the input's frames on their way to the performer's output.
+pub struct MonitorRing {
+    ring: Consumer<f32>,
+    /// Whether input has arrived yet: before it, the output finding
+    /// nothing is the input stream starting, not a gap.
+    flowing: bool,
+}
+
+impl MonitorRing {
+    pub fn new(ring: Consumer<f32>) -> MonitorRing {
+        MonitorRing {
+            ring,
+            flowing: false,
+        }
+    }
+
+    /// Drops what waits beyond the backlog before an output callback takes
+    /// `frames`; returns the frames waiting now.
+    fn trim(&mut self, frames: usize) -> usize {
+        let waiting = self.ring.slots() / CHANNELS;
+        let surplus = waiting.saturating_sub(frames * MONITOR_BACKLOG_CALLBACKS);
+        if let Ok(chunk) = self.ring.read_chunk(surplus * CHANNELS) {
+            chunk.commit_all();
+        }
+        waiting - surplus
+    }
+}
 
 /// The output side: the feeder's ring (stereo) plus monitoring → device frames.
 pub struct Playback {
     pub ring: Consumer<f32>,
-    pub monitor: Option<Consumer<f32>>,
+    pub monitor: Option<MonitorRing>,
     pub device_channels: usize,
     pub shared: Arc<Shared>,
     /// Frames an underrun played as silence: skipped from the ring when it
@@ -519,13 +548,15 @@ impl Playback {
         let Some(monitor) = &mut self.monitor else {
             return;
         };
-        let surplus =
-            (monitor.slots() / CHANNELS).saturating_sub(frames * MONITOR_BACKLOG_CALLBACKS);
-        if let Ok(chunk) = monitor.read_chunk(surplus * CHANNELS) {
-            chunk.commit_all();
+        let n = frames.min(monitor.trim(frames));
+        monitor.flowing |= n > 0;
+        let short = (frames - n) as u64;
+        if short > 0 && monitor.flowing {
+            self.shared
+                .monitor_short_frames
+                .fetch_add(short, Ordering::Relaxed);
         }
-        let n = frames.min(monitor.slots() / CHANNELS);
-        let Ok(chunk) = monitor.read_chunk(n * CHANNELS) else {
+        let Ok(chunk) = monitor.ring.read_chunk(n * CHANNELS) else {
             return;
         };
         let (a, b) = chunk.as_slices();
@@ -682,6 +713,40 @@ mod tests {
     }
 
     #[test]
+    fn the_monitor_keeps_at_most_two_callbacks_and_counts_what_came_late() {
+        const N: usize = 256;
+        let shared = Arc::new(Shared::default());
+        let (mut tx, mrx) = rtrb::RingBuffer::new(8 * N * CHANNELS);
+        let (_, ring) = rtrb::RingBuffer::<f32>::new(16);
+        let mut play = Playback {
+            ring,
+            monitor: Some(MonitorRing::new(mrx)),
+            device_channels: 2,
+            shared: shared.clone(),
+            debt: 0,
+            clock: DeviceClock::default(),
+            midi: None,
+        };
+        // Before the input runs, the output finding nothing is no gap.
+        let mut out = vec![0.0f32; N * CHANNELS];
+        play.mix_monitor(&mut out, CHANNELS, N);
+        assert_eq!(shared.monitor_short_frames.load(Ordering::Relaxed), 0);
+        for i in 0..3 * N * CHANNELS {
+            tx.push(i as f32).expect("room");
+        }
+        // Three callbacks waiting: the oldest is dropped, the next plays.
+        let mut out = vec![0.0f32; N * CHANNELS];
+        play.mix_monitor(&mut out, CHANNELS, N);
+        assert_eq!(out[0], (N * CHANNELS) as f32);
+        // One left, two asked for: the second is silence, counted.
+        let mut out = vec![0.0f32; 2 * N * CHANNELS];
+        play.mix_monitor(&mut out, CHANNELS, 2 * N);
+        assert_eq!(out[N * CHANNELS], 0.0);
+        let short = shared.monitor_short_frames.load(Ordering::Relaxed);
+        assert_eq!(short as usize, N);
+    }
+
+    #[test]
     fn playback_fills_silence_on_underrun_and_adds_the_monitor() {
         let shared = Arc::new(Shared::default());
         let (mut tx, rx) = rtrb::RingBuffer::new(16);
@@ -694,7 +759,7 @@ mod tests {
         }
         let mut play = Playback {
             ring: rx,
-            monitor: Some(mrx),
+            monitor: Some(MonitorRing::new(mrx)),
             device_channels: 2,
             shared: shared.clone(),
             debt: 0,
