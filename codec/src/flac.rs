@@ -1,12 +1,13 @@
 //! FLAC output: a recorded take's lossless master, 24-bit integer PCM at
-//! the capture rate (flacenc). The stream is built in memory and written
-//! at the end — compressed, about 60 % of the 24-bit PCM size.
+//! the capture rate (flacenc), written frame by frame — compressed, about
+//! 60 % of the 24-bit PCM size.
 
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 
-use flacenc::component::BitRepr;
+use flacenc::bitsink::ByteSink;
+use flacenc::component::{BitRepr, Stream};
 use flacenc::error::{SourceError, Verify};
-use flacenc::source::{Fill, Source};
+use flacenc::source::{Context, Fill, FrameBuf, Source};
 
 use crate::decode::AudioReader;
 use crate::error::{CodecError, Result};
@@ -27,8 +28,12 @@ pub struct FlacReport {
     pub frames: u64,
 }
 
-/// Encodes `reader` (at its own rate and channel count) to FLAC into `out`.
-pub fn encode_flac<W: Write>(
+/// Encodes `reader` (at its own rate and channel count) to FLAC into `out`,
+/// frame by frame: memory stays at one block however long the take. The
+/// header (STREAMINFO: total frames, MD5, frame sizes) is known only at
+/// the end, so a placeholder of the same size goes first and is
+/// overwritten then.
+pub fn encode_flac<W: Write + Seek>(
     reader: AudioReader,
     mut out: W,
     obs: &dyn Observer,
@@ -47,18 +52,43 @@ pub fn encode_flac<W: Write>(
         obs,
         failure: None,
     };
-    let stream = flacenc::encode_with_fixed_block_size(&config, &mut source, BLOCK_SIZE);
-    if let Some(e) = source.failure.take() {
-        return Err(e);
+    let flac = |e: &dyn std::fmt::Debug| CodecError::Encoder(format!("FLAC: {e:?}"));
+    let mut header =
+        Stream::new(source.sample_rate(), channels, MASTER_BITS).map_err(|e| flac(&e))?;
+    header
+        .stream_info_mut()
+        .set_block_sizes(BLOCK_SIZE, BLOCK_SIZE)
+        .map_err(|e| flac(&e))?;
+    let start = out.stream_position()?;
+    out.write_all(&header_bytes(&header)?)?;
+    let mut buf = (
+        FrameBuf::with_size(channels, BLOCK_SIZE).map_err(|e| flac(&e))?,
+        Context::new(MASTER_BITS, channels),
+    );
+    let mut sink = ByteSink::new();
+    loop {
+        let read = source.read_samples(BLOCK_SIZE, &mut buf);
+        if let Some(e) = source.failure.take() {
+            return Err(e);
+        }
+        if read.map_err(|e| flac(&e))? == 0 {
+            break;
+        }
+        let number = buf.1.current_frame_number().unwrap_or_default();
+        let frame = flacenc::encode_fixed_size_frame(&config, &buf.0, number, header.stream_info())
+            .map_err(|e| flac(&e))?;
+        header.stream_info_mut().update_frame_info(&frame);
+        sink.clear();
+        frame.write(&mut sink).map_err(|e| flac(&e))?;
+        out.write_all(sink.as_slice())?;
     }
-    let stream = stream.map_err(|e| CodecError::Encoder(format!("FLAC: {e}")))?;
-    let mut sink = flacenc::bitsink::ByteSink::new();
-    stream
-        .write(&mut sink)
-        .map_err(|e| CodecError::Encoder(format!("FLAC: {e:?}")))?;
-    let mut bytes = sink.into_inner();
-    fix_min_block_size(&mut bytes);
-    out.write_all(&bytes)?;
+    let info_mut = header.stream_info_mut();
+    info_mut.set_md5_digest(&buf.1.md5_digest());
+    info_mut.set_total_samples(buf.1.total_samples());
+    let end = out.stream_position()?;
+    out.seek(SeekFrom::Start(start))?;
+    out.write_all(&header_bytes(&header)?)?;
+    out.seek(SeekFrom::Start(end))?;
     Ok((
         out,
         FlacReport {
@@ -67,6 +97,18 @@ pub fn encode_flac<W: Write>(
             frames: source.frames,
         },
     ))
+}
+
+/// "fLaC" and STREAMINFO: a stream with no frames written out (42 bytes,
+/// whatever its values, so the final one fits the placeholder's place).
+fn header_bytes(header: &Stream) -> Result<Vec<u8>> {
+    let mut sink = ByteSink::new();
+    header
+        .write(&mut sink)
+        .map_err(|e| CodecError::Encoder(format!("FLAC: {e:?}")))?;
+    let mut bytes = sink.into_inner();
+    fix_min_block_size(&mut bytes);
+    Ok(bytes)
 }
 
 /// Where STREAMINFO's minimum and maximum block sizes sit: after "fLaC"
@@ -166,15 +208,43 @@ mod tests {
         AudioReader::from_source(src, Some("wav")).expect("reader")
     }
 
+    /// The same input through flacenc's whole-stream encoder, in memory.
+    fn whole_stream(reader: AudioReader) -> Vec<u8> {
+        let config = flacenc::config::Encoder::default()
+            .into_verified()
+            .expect("config");
+        let source = ReaderSource {
+            reader,
+            pending: Vec::new(),
+            ints: Vec::new(),
+            frames: 0,
+            obs: &Quiet,
+            failure: None,
+        };
+        let stream =
+            flacenc::encode_with_fixed_block_size(&config, source, BLOCK_SIZE).expect("encode");
+        let mut sink = ByteSink::new();
+        stream.write(&mut sink).expect("write");
+        let mut bytes = sink.into_inner();
+        fix_min_block_size(&mut bytes);
+        bytes
+    }
+
     #[test]
     fn masters_decode_back_to_the_same_samples() {
+        let out = std::io::Cursor::new(Vec::new());
         let (out, report) =
-            encode_flac(tone_reader(10_000, 2, 44_100), Vec::new(), &Quiet).expect("encode");
+            encode_flac(tone_reader(10_000, 2, 44_100), out, &Quiet).expect("encode");
+        let out = out.into_inner();
         assert_eq!(
             (report.channels, report.sample_rate, report.frames),
             (2, 44_100, 10_000)
         );
-        assert_eq!(&out[..4], b"fLaC");
+        assert_eq!(
+            out,
+            whole_stream(tone_reader(10_000, 2, 44_100)),
+            "as flacenc's own"
+        );
         let src = Box::new(std::io::Cursor::new(out));
         let mut back = AudioReader::from_source(src, Some("flac")).expect("decodable");
         let mut got = Vec::new();
