@@ -12,7 +12,10 @@
 //!
 //! Discovery only uses the interfaces the node is bound to: a node bound
 //! to loopback runs none (nothing multicasts off it), nor does one started
-//! with `--no-discovery`.
+//! with `--no-discovery`. libp2p-mdns has no interface filter — it
+//! answers on every non-loopback interface of the machine — so mDNS runs
+//! only for a node bound to all interfaces (the default); one bound to a
+//! single address keeps the address book but not mDNS, and says so.
 //!
 //! The same plane runs the address book (`address_book`): a private
 //! Kademlia DHT among known peers. Each node's libp2p TCP port has its iroh
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use iroh::EndpointId;
 use libp2p::futures::StreamExt;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, identify, identity, kad, mdns, noise, tcp, yamux};
 use tokio::sync::mpsc;
@@ -66,7 +70,7 @@ pub enum Command {
 
 #[derive(NetworkBehaviour)]
 struct Discovery {
-    mdns: mdns::tokio::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
     identify: identify::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
 }
@@ -76,6 +80,12 @@ type Swarm = libp2p::Swarm<Discovery>;
 /// Whether discovery may run for a node bound to `bind`: never on loopback.
 pub fn wanted(bind: SocketAddr, disabled: bool) -> bool {
     !disabled && !bind.ip().is_loopback()
+}
+
+/// Whether mDNS may run for a node bound to `bind`: only when bound to every
+/// interface, since it would answer on all of them anyway.
+fn mdns_wanted(bind: IpAddr) -> bool {
+    bind.is_unspecified()
 }
 
 /// Starts the discovery plane for `hub`'s node, listening on `bind`'s IP.
@@ -114,7 +124,13 @@ fn build(secret: &[u8; 32], agent: String, bind: IpAddr) -> Result<Swarm, String
                 query_interval: MDNS_QUERY_INTERVAL,
                 enable_ipv6: bind.is_ipv6(),
             };
-            let mdns = mdns::tokio::Behaviour::new(config, id)?;
+            let mdns = mdns_wanted(bind)
+                .then(|| mdns::tokio::Behaviour::new(config, id))
+                .transpose()?;
+            if mdns.is_none() {
+                tracing::info!(%bind, "LAN discovery (mDNS) is off: it would answer on every interface, not only {bind}; bind to 0.0.0.0 to use it");
+            }
+            let mdns = Toggle::from(mdns);
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(agent),
@@ -501,5 +517,11 @@ mod tests {
         assert!(!wanted("0.0.0.0:0".parse().expect("addr"), true));
         assert!(wanted("0.0.0.0:0".parse().expect("addr"), false));
         assert!(wanted("10.1.0.2:0".parse().expect("addr"), false));
+        assert!(mdns_wanted("0.0.0.0".parse().expect("ip")));
+        assert!(mdns_wanted("::".parse().expect("ip")));
+        assert!(
+            !mdns_wanted("10.1.0.2".parse().expect("ip")),
+            "one interface: no mDNS"
+        );
     }
 }
