@@ -940,7 +940,8 @@ fn per_peer_caps_hold_one_peer_and_not_another() {
     let kbps = stem_rate_kbps(&a, &b, 42);
     assert!(kbps <= CAP_KBPS * CAP_MARGIN, "A to B: {kbps:.0} kbit/s");
     let free = stem_rate_kbps(&a, &c, 43);
-    assert!(free > CAP_KBPS * 2.0, "A to C has no cap: {free:.0} kbit/s");
+    // (Loopback takes well under a second; the bound leaves room for a busy machine.)
+    assert!(free > CAP_KBPS * 1.5, "A to C has no cap: {free:.0} kbit/s");
     // B takes from C at most 800 kbit/s (B's own cap on that peer).
     let c_id = c.ok(&["id"]).trim().to_string();
     b.ok(&["config", "set", &format!("max-download-kbps:{c_id}"), "800"]);
