@@ -53,7 +53,7 @@ enum Command {
         api: Option<std::net::SocketAddr>,
         /// A self-hosted relay for reaching sites behind NAT [default: none].
         #[arg(long, value_name = "URL")]
-        relay: Option<String>,
+        relay: Option<iroh::RelayUrl>,
         /// Do not look for members on the LAN (mDNS). A node bound to
         /// loopback never does.
         #[arg(long)]

@@ -100,14 +100,12 @@ fn tls(bind: SocketAddr) -> Result<rustls::ServerConfig, String> {
 /// sends through a relay is QUIC between nodes that authenticate each other
 /// by key. A relay named by a host name needs a certificate the usual roots
 /// trust.
-pub fn client_trust(url: Option<&str>) -> iroh::tls::CaTlsConfig {
-    let by_ip = url
-        .and_then(|u| u.parse::<iroh::RelayUrl>().ok())
-        .is_some_and(|u| {
-            u.host_str()
-                .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-                .is_some_and(|h| h.parse::<std::net::IpAddr>().is_ok())
-        });
+pub fn client_trust(url: Option<&iroh::RelayUrl>) -> iroh::tls::CaTlsConfig {
+    let by_ip = url.is_some_and(|u| {
+        u.host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| h.parse::<std::net::IpAddr>().is_ok())
+    });
     if !by_ip {
         return iroh::tls::CaTlsConfig::default();
     }

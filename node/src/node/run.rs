@@ -40,7 +40,7 @@ pub struct UpOptions {
     /// Where the local API listens; `None` = 127.0.0.1:7878 or a free port.
     pub api: Option<SocketAddr>,
     /// A self-hosted relay; none by default (offline is the normal case).
-    pub relay: Option<String>,
+    pub relay: Option<RelayUrl>,
     /// No LAN discovery (mDNS).
     pub no_discovery: bool,
     /// The most the node sends, all peers together, in kbit/s.
@@ -142,7 +142,7 @@ async fn serve(
         book,
         net: Mutex::new(Default::default()),
         discovery: Default::default(),
-        relay: opts.relay.as_deref().and_then(|u| u.parse().ok()),
+        relay: opts.relay.clone(),
         caps,
         blobs: blobs.clone(),
         stem_arrived: Default::default(),
@@ -295,13 +295,10 @@ async fn bind_endpoint(
     gate: Gate,
 ) -> Result<Endpoint, String> {
     let relay = match &opts.relay {
-        Some(url) => {
-            let url: RelayUrl = url.parse().map_err(|e| format!("--relay {url}: {e}"))?;
-            RelayMode::custom([url])
-        }
+        Some(url) => RelayMode::custom([url.clone()]),
         None => RelayMode::Disabled,
     };
-    let relay_tls = super::relay::client_trust(opts.relay.as_deref());
+    let relay_tls = super::relay::client_trust(opts.relay.as_ref());
     let bind = opts.bind.unwrap_or(DEFAULT_BIND);
     // Start at the largest datagram MTU discovery would reach (1452 B of
     // UDP payload fits every 1500-byte path, PPPoE's 1492 too) instead of
