@@ -939,6 +939,11 @@ fn per_peer_caps_hold_one_peer_and_not_another() {
     a.ok(&["config", "set", &format!("max-upload-kbps:{b_id}"), "800"]);
     let kbps = stem_rate_kbps(&a, &b, 42);
     assert!(kbps <= CAP_KBPS * CAP_MARGIN, "A to B: {kbps:.0} kbit/s");
+    let peer = peer_entry(&a, &b_id);
+    assert_eq!(
+        peer["stem_caps_kbps"]["up"], 800,
+        "status shows the cap: {peer}"
+    );
     let free = stem_rate_kbps(&a, &c, 43);
     // (Loopback takes well under a second; the bound leaves room for a busy machine.)
     assert!(free > CAP_KBPS * 1.5, "A to C has no cap: {free:.0} kbit/s");

@@ -276,8 +276,15 @@ pub fn status(data_dir: &Path, json: bool) -> Result<(), Failure> {
         let rtt = p["rtt_ms"]
             .as_f64()
             .map_or_else(String::new, |r| format!(", rtt {r:.1} ms"));
+        let caps = &p["stem_caps_kbps"];
+        let cap = |way: &str| {
+            caps[way]
+                .as_u64()
+                .map(|k| format!(", stems {way} ≤ {k} kbit/s"))
+        };
+        let caps: String = ["up", "down"].into_iter().filter_map(cap).collect();
         println!(
-            "  peer {}  {} {} ({} link){rtt}",
+            "  peer {}  {} {} ({} link){rtt}{caps}",
             &p["id"].as_str().unwrap_or_default()
                 [..16.min(p["id"].as_str().unwrap_or_default().len())],
             p["path"].as_str().unwrap_or("?"),

@@ -160,6 +160,7 @@ impl Hub {
                     "rtt_ms": selected.as_ref().map(|p| p.rtt().as_secs_f64() * 1000.0),
                     "path": selected.as_ref().map(|p| if p.is_relay() { "relay" } else { "direct" }),
                     "link": selected.as_ref().map(|p| seen_of(p)),
+                    "stem_caps_kbps": id.parse().map(|id| self.caps.report(&id)).ok(),
                 })
             })
             .collect();

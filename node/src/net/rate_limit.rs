@@ -190,6 +190,19 @@ impl Caps {
             .collect()
     }
 
+    /// The caps on stems to and from `peer` in force now, in kbit/s, for
+    /// `status`: each way the lowest that holds (node-wide included).
+    pub fn report(&self, peer: &EndpointId) -> serde_json::Value {
+        let kbps = |pace: &Pace| pace.lock().bytes_per_s * 8 / 1000;
+        let up = self.to(peer).iter().map(|p| kbps(p)).min();
+        let down = self.of(Way::Down, peer).map(|p| kbps(&p));
+        let down = down
+            .into_iter()
+            .chain(self.download.as_ref().map(kbps))
+            .min();
+        serde_json::json!({ "up": up, "down": down })
+    }
+
     /// `peer`'s pace as last read from the settings.
     pub fn of(&self, way: Way, peer: &EndpointId) -> Option<Arc<Pace>> {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,6 +262,13 @@ mod tests {
         caps.asked(&peer.to_string(), Some(u32::MAX));
         assert!(caps.to(&peer).is_empty());
         caps.asked("not an id", Some(800));
+        caps.set(Way::Up, peer, Some(800));
+        caps.asked(&peer.to_string(), Some(400));
+        let report = caps.report(&peer);
+        assert_eq!(
+            (report["up"].as_u64(), report["down"].as_u64()),
+            (Some(400), None)
+        );
         assert_eq!(download_window(100_000), MIN_WINDOW_BYTES);
         assert_eq!(download_window(1_000_000), 500_000);
     }
