@@ -39,6 +39,14 @@ impl Studio {
         studio
     }
 
+    /// The same, with more `up` options.
+    pub fn with_node_using(extra: &[&str]) -> Self {
+        let mut studio = Studio::new();
+        let node = crate::node::Node::start_with(studio.path(), "127.0.0.1:0", None, extra);
+        studio.node = Some(node);
+        studio
+    }
+
     /// The same, in network namespace `ns`, the node's endpoint on `bind`.
     pub fn with_node_in(ns: &crate::netns::Netns, bind: &str) -> Self {
         let mut studio = Studio::new();

@@ -887,22 +887,19 @@ fn stem_rate_kbps(a: &Studio, b: &Studio, seed: u32) -> f64 {
 const CAP_KBPS: f64 = 800.0;
 const CAP_MARGIN: f64 = 1.15;
 
+fn assert_capped(kbps: f64, what: &str) {
+    assert!(
+        kbps <= CAP_KBPS * CAP_MARGIN,
+        "{what}: {kbps:.0} kbit/s through an 800 kbit/s cap"
+    );
+}
+
 #[test]
 fn an_upload_cap_holds_what_a_node_sends() {
     // A site that pays per byte caps its node at 800 kbit/s.
-    let mut a = Studio::new();
-    a.node = Some(Node::start_with(
-        a.path(),
-        "127.0.0.1:0",
-        None,
-        &["--max-upload-kbps", "800"],
-    ));
+    let a = Studio::with_node_using(&["--max-upload-kbps", "800"]);
     let b = Studio::with_node();
-    let kbps = stem_rate_kbps(&a, &b, 40);
-    assert!(
-        kbps <= CAP_KBPS * CAP_MARGIN,
-        "{kbps:.0} kbit/s through an 800 kbit/s cap"
-    );
+    assert_capped(stem_rate_kbps(&a, &b, 40), "through the node's cap");
     // And the cap is checked when the node starts.
     let c = Studio::new();
     let out = c
@@ -916,18 +913,8 @@ fn an_upload_cap_holds_what_a_node_sends() {
 #[test]
 fn a_download_cap_holds_what_a_node_takes_in() {
     let a = Studio::with_node();
-    let mut b = Studio::new();
-    b.node = Some(Node::start_with(
-        b.path(),
-        "127.0.0.1:0",
-        None,
-        &["--max-download-kbps", "800"],
-    ));
-    let kbps = stem_rate_kbps(&a, &b, 41);
-    assert!(
-        kbps <= CAP_KBPS * CAP_MARGIN,
-        "{kbps:.0} kbit/s through an 800 kbit/s cap"
-    );
+    let b = Studio::with_node_using(&["--max-download-kbps", "800"]);
+    assert_capped(stem_rate_kbps(&a, &b, 41), "through the node's cap");
 }
 
 #[test]
@@ -937,8 +924,7 @@ fn per_peer_caps_hold_one_peer_and_not_another() {
     let b_id = b.ok(&["id"]).trim().to_string();
     // A sends B at most 800 kbit/s; C, uncapped, gets a stem at loopback speed.
     a.ok(&["config", "set", &format!("max-upload-kbps:{b_id}"), "800"]);
-    let kbps = stem_rate_kbps(&a, &b, 42);
-    assert!(kbps <= CAP_KBPS * CAP_MARGIN, "A to B: {kbps:.0} kbit/s");
+    assert_capped(stem_rate_kbps(&a, &b, 42), "A to B");
     let peer = peer_entry(&a, &b_id);
     assert_eq!(
         peer["stem_caps_kbps"]["up"], 800,
@@ -950,8 +936,7 @@ fn per_peer_caps_hold_one_peer_and_not_another() {
     // B takes from C at most 800 kbit/s (B's own cap on that peer).
     let c_id = c.ok(&["id"]).trim().to_string();
     b.ok(&["config", "set", &format!("max-download-kbps:{c_id}"), "800"]);
-    let kbps = stem_rate_kbps(&c, &b, 44);
-    assert!(kbps <= CAP_KBPS * CAP_MARGIN, "C to B: {kbps:.0} kbit/s");
+    assert_capped(stem_rate_kbps(&c, &b, 44), "C to B");
     // Bad settings are refused with the reason.
     let out = a.run(&["config", "set", "max-upload-kbps:nobody", "800"]);
     assert!(!out.status.success());

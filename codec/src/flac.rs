@@ -60,7 +60,7 @@ pub fn encode_flac<W: Write + Seek>(
         .set_block_sizes(BLOCK_SIZE, BLOCK_SIZE)
         .map_err(|e| flac(&e))?;
     let start = out.stream_position()?;
-    out.write_all(&header_bytes(&header)?)?;
+    out.write_all(&stream_bytes(&header)?)?;
     let mut buf = (
         FrameBuf::with_size(channels, BLOCK_SIZE).map_err(|e| flac(&e))?,
         Context::new(MASTER_BITS, channels),
@@ -87,7 +87,7 @@ pub fn encode_flac<W: Write + Seek>(
     info_mut.set_total_samples(buf.1.total_samples());
     let end = out.stream_position()?;
     out.seek(SeekFrom::Start(start))?;
-    out.write_all(&header_bytes(&header)?)?;
+    out.write_all(&stream_bytes(&header)?)?;
     out.seek(SeekFrom::Start(end))?;
     Ok((
         out,
@@ -99,9 +99,10 @@ pub fn encode_flac<W: Write + Seek>(
     ))
 }
 
-/// "fLaC" and STREAMINFO: a stream with no frames written out (42 bytes,
-/// whatever its values, so the final one fits the placeholder's place).
-fn header_bytes(header: &Stream) -> Result<Vec<u8>> {
+/// A stream written out, its STREAMINFO mended. With no frames it is the
+/// header, "fLaC" and STREAMINFO: 42 bytes whatever its values, so the
+/// final one fits the placeholder's place.
+fn stream_bytes(header: &Stream) -> Result<Vec<u8>> {
     let mut sink = ByteSink::new();
     header
         .write(&mut sink)
@@ -223,11 +224,7 @@ mod tests {
         };
         let stream =
             flacenc::encode_with_fixed_block_size(&config, source, BLOCK_SIZE).expect("encode");
-        let mut sink = ByteSink::new();
-        stream.write(&mut sink).expect("write");
-        let mut bytes = sink.into_inner();
-        fix_min_block_size(&mut bytes);
-        bytes
+        stream_bytes(&stream).expect("write")
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub const NO_CAP: &str = "none";
 /// With a node-wide download cap, the QUIC receive windows hold this many
 /// seconds at the cap (at least `MIN_WINDOW_BYTES`): a sender can run only
 /// that far ahead of what the node reads.
-pub const DOWNLOAD_WINDOW_SECONDS: f64 = 0.5;
-pub const MIN_WINDOW_BYTES: u64 = 64 * 1024;
+const DOWNLOAD_WINDOW_SECONDS: f64 = 0.5;
+const MIN_WINDOW_BYTES: u64 = 64 * 1024;
 
 /// A cap in kbit/s as bytes per second, checked against the limits; `what`
 /// names it in the error.
@@ -71,6 +71,10 @@ impl Pace {
                 due: Instant::now(),
             }),
         }
+    }
+
+    fn kbps(&self) -> u64 {
+        self.lock().bytes_per_s * 8 / 1000
     }
 
     fn set_rate(&self, bytes_per_s: u64) {
@@ -113,12 +117,14 @@ pub enum Way {
 }
 
 impl Way {
-    pub fn setting(self, peer: &str) -> String {
+    /// The setting that caps `peer` this way (a pace asked is no setting).
+    pub fn setting(self, peer: &str) -> Option<String> {
         let prefix = match self {
-            Way::Up | Way::Asked => UPLOAD_PREFIX,
+            Way::Up => UPLOAD_PREFIX,
             Way::Down => DOWNLOAD_PREFIX,
+            Way::Asked => return None,
         };
-        format!("{prefix}{peer}")
+        Some(format!("{prefix}{peer}"))
     }
 }
 
@@ -136,14 +142,13 @@ pub fn check_kbps_setting(key: &str, value: &str) -> Result<(), String> {
 /// `peer`'s cap one way, from the settings.
 pub fn peer_kbps(ctx: &mut crate::request::Context, way: Way, peer: &str) -> Option<u32> {
     let store = ctx.store().ok()?;
-    store.setting(&way.setting(peer)).ok()??.parse().ok()
+    store.setting(&way.setting(peer)?).ok()??.parse().ok()
 }
 
 /// The node's download cap and each capped peer's pace.
 #[derive(Debug, Default)]
 pub struct Caps {
     pub download: Option<Pace>,
-    pub download_kbps: Option<u32>,
     peers: Mutex<HashMap<(Way, EndpointId), Arc<Pace>>>,
 }
 
@@ -154,7 +159,6 @@ impl Caps {
             .transpose()?;
         Ok(Caps {
             download: download.map(Pace::new),
-            download_kbps,
             peers: Default::default(),
         })
     }
@@ -190,10 +194,22 @@ impl Caps {
             .collect()
     }
 
+    /// The node-wide download cap, in kbit/s.
+    pub fn download_kbps(&self) -> Option<u32> {
+        self.download.as_ref().map(|p| p.kbps() as u32)
+    }
+
+    /// The QUIC receive windows a node-wide download cap needs (bytes): a
+    /// sender may run only this far ahead of what the node reads.
+    pub fn download_window(&self) -> Option<u64> {
+        let rate = self.download.as_ref()?.lock().bytes_per_s;
+        Some(((rate as f64 * DOWNLOAD_WINDOW_SECONDS) as u64).max(MIN_WINDOW_BYTES))
+    }
+
     /// The caps on stems to and from `peer` in force now, in kbit/s, for
     /// `status`: each way the lowest that holds (node-wide included).
     pub fn report(&self, peer: &EndpointId) -> serde_json::Value {
-        let kbps = |pace: &Pace| pace.lock().bytes_per_s * 8 / 1000;
+        let kbps = |pace: &Pace| pace.kbps();
         let up = self.to(peer).iter().map(|p| kbps(p)).min();
         let down = self.of(Way::Down, peer).map(|p| kbps(&p));
         let down = down
@@ -208,11 +224,6 @@ impl Caps {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers.get(&(way, *peer)).cloned()
     }
-}
-
-/// The QUIC receive windows for a node-wide download cap (bytes/s).
-pub fn download_window(bytes_per_s: u64) -> u64 {
-    ((bytes_per_s as f64 * DOWNLOAD_WINDOW_SECONDS) as u64).max(MIN_WINDOW_BYTES)
 }
 
 #[cfg(test)]
@@ -269,7 +280,13 @@ mod tests {
             (report["up"].as_u64(), report["down"].as_u64()),
             (Some(400), None)
         );
-        assert_eq!(download_window(100_000), MIN_WINDOW_BYTES);
-        assert_eq!(download_window(1_000_000), 500_000);
+        let window = |kbps| Caps::new(Some(kbps)).expect("in range").download_window();
+        assert_eq!(window(800), Some(MIN_WINDOW_BYTES));
+        assert_eq!(window(8000), Some(500_000));
+        assert_eq!(caps.download_window(), None);
+        assert_eq!(
+            Caps::new(Some(800)).expect("in range").download_kbps(),
+            Some(800)
+        );
     }
 }

@@ -120,7 +120,7 @@ async fn serve(
         ))
     };
     let caps = crate::net::rate_limit::Caps::new(opts.max_download_kbps)?;
-    let endpoint = bind_endpoint(opts, secret, Gate(members.clone())).await?;
+    let endpoint = bind_endpoint(opts, &caps, secret, Gate(members.clone())).await?;
     // Opening the blob store blocks on a runtime of its own: not on this one.
     let opener = ctx.clone();
     let blobs = tokio::task::spawn_blocking(move || {
@@ -291,6 +291,7 @@ fn congestion_controller(max_upload_kbps: Option<u32>) -> Result<ControllerFacto
 
 async fn bind_endpoint(
     opts: &UpOptions,
+    caps: &crate::net::rate_limit::Caps,
     secret: &[u8; 32],
     gate: Gate,
 ) -> Result<Endpoint, String> {
@@ -308,11 +309,7 @@ async fn bind_endpoint(
     let mut transport = QuicTransportConfig::builder()
         .initial_mtu(INITIAL_MTU)
         .congestion_controller_factory(congestion_controller(opts.max_upload_kbps)?);
-    if let Some(kbps) = opts.max_download_kbps {
-        // A sender may run only this far ahead of what the capped node
-        // reads (see `rate_limit`).
-        let bytes_per_s = crate::net::rate_limit::bytes_per_s(kbps, "--max-download-kbps")?;
-        let window = crate::net::rate_limit::download_window(bytes_per_s);
+    if let Some(window) = caps.download_window() {
         let window = VarInt::from_u64(window).map_err(|e| e.to_string())?;
         transport = transport
             .receive_window(window)

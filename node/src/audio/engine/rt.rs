@@ -693,15 +693,7 @@ mod tests {
     #[test]
     fn the_clock_ratio_maps_input_frames_onto_the_output() {
         let shared = drifting_capture(48_000.0 * (1.0 + 80e-6), 40, None);
-        let mut out = Playback {
-            ring: rtrb::RingBuffer::new(1).1,
-            monitor: None,
-            device_channels: 1,
-            shared: shared.clone(),
-            debt: 0,
-            clock: DeviceClock::default(),
-            midi: None,
-        };
+        let mut out = playback(rtrb::RingBuffer::new(1).1, None, 1, &shared);
         shared.feeder_done.store(true, Ordering::Release);
         let mut data = vec![0.0f32; 480];
         for k in 0..4_000u64 {
@@ -712,21 +704,31 @@ mod tests {
         assert!((ppm + 100.0).abs() < 3.0, "{ppm} ppm");
     }
 
+    /// A playback side with no MIDI, fed from `ring` (and `monitor`).
+    fn playback(
+        ring: Consumer<f32>,
+        monitor: Option<Consumer<f32>>,
+        device_channels: usize,
+        shared: &Arc<Shared>,
+    ) -> Playback {
+        Playback {
+            ring,
+            monitor: monitor.map(MonitorRing::new),
+            device_channels,
+            shared: shared.clone(),
+            debt: 0,
+            clock: DeviceClock::default(),
+            midi: None,
+        }
+    }
+
     #[test]
     fn the_monitor_keeps_at_most_two_callbacks_and_counts_what_came_late() {
         const N: usize = 256;
         let shared = Arc::new(Shared::default());
         let (mut tx, mrx) = rtrb::RingBuffer::new(8 * N * CHANNELS);
         let (_, ring) = rtrb::RingBuffer::<f32>::new(16);
-        let mut play = Playback {
-            ring,
-            monitor: Some(MonitorRing::new(mrx)),
-            device_channels: 2,
-            shared: shared.clone(),
-            debt: 0,
-            clock: DeviceClock::default(),
-            midi: None,
-        };
+        let mut play = playback(ring, Some(mrx), 2, &shared);
         // Before the input runs, the output finding nothing is no gap.
         let mut out = vec![0.0f32; N * CHANNELS];
         play.mix_monitor(&mut out, CHANNELS, N);
@@ -757,15 +759,7 @@ mod tests {
         for _ in 0..6 {
             mtx.push(0.25).expect("room");
         }
-        let mut play = Playback {
-            ring: rx,
-            monitor: Some(MonitorRing::new(mrx)),
-            device_channels: 2,
-            shared: shared.clone(),
-            debt: 0,
-            clock: DeviceClock::default(),
-            midi: None,
-        };
+        let mut play = playback(rx, Some(mrx), 2, &shared);
         let mut out = [9.0f32; 6];
         play.process(&mut out, 7, 0);
         assert_eq!(out, [0.75, -0.25, 0.25, 0.25, 0.25, 0.25]);
