@@ -231,8 +231,10 @@ impl Disk {
 
 /// A MIDI take as it is played: `MIDI_LOG_MAGIC`, then one 16-byte record
 /// per message (output frame, u64 little-endian; status; two data bytes;
-/// five zero bytes), synced every half second like an audio take — after
-/// a crash every whole record reads back.
+/// five zero bytes). Each batch goes to the file as it comes (MIDI is a
+/// few hundred records a second at most), so a killed process loses only
+/// what had not reached the disk thread; synced every half second like an
+/// audio take, for power cuts. After a crash every whole record reads back.
 pub struct MidiLog {
     writer: BufWriter<File>,
     file: File,
@@ -257,6 +259,11 @@ impl MidiLog {
             std::io::Write::write_all(&mut self.writer, &record)?;
         }
         Ok(())
+    }
+
+    /// Hands what was written to the OS: it survives the process.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.writer)
     }
 
     pub fn checkpoint(&mut self) -> std::io::Result<()> {
@@ -315,8 +322,11 @@ impl MidiDisk {
             while let Ok(e) = self.ring.pop() {
                 batch.push(e);
             }
-            self.log.write(&batch)?;
-            written += batch.len() as u64;
+            if !batch.is_empty() {
+                self.log.write(&batch)?;
+                self.log.flush()?;
+                written += batch.len() as u64;
+            }
             let due = last_checkpoint.elapsed().as_millis() as u64 >= 1000 / CHECKPOINTS_PER_SECOND;
             if done || due {
                 self.log.checkpoint()?;
