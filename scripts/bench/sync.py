@@ -40,6 +40,12 @@ A_IP, B_IP = "10.98.0.1", "10.98.0.2"
 NODE_PORT = 7000
 HTTP_PORT = 8080
 START_TIMEOUT = 30
+# TIMELINE=1: after each profile, how busy the link was (a→b) every
+# TIMELINE_SLICE seconds of each of our runs — where a run loses time.
+TIMELINE = bool(os.environ.get("TIMELINE"))
+TIMELINE_SLICE = 0.5
+# (start, end) monotonic times of our runs in this profile, for TIMELINE.
+RUN_SPANS = []
 
 
 def run(*args, ns=None, env=None, check=True, capture=False):
@@ -119,12 +125,14 @@ def ours(a, b, a_dir, project, congestion):
         joined = time.monotonic() - started
         b.cli(b_dir, "sync", project, "--wait", "--timeout", "1800")
         took = time.monotonic() - started
+        RUN_SPANS.append((started, started + took))
         if os.environ.get("VERBOSE"):
             print(f"    join {joined:.1f} s, then stems {took - joined:.1f} s", flush=True)
         return took
     finally:
         b.stop()
-        shutil.rmtree(b_dir, ignore_errors=True)
+        if not os.environ.get("KEEP"):
+            shutil.rmtree(b_dir, ignore_errors=True)
 
 
 # python's http.server whose listening socket (and so every connection it
@@ -165,11 +173,14 @@ def profile(binary, work, p):
     # Each profile its own data dirs: the stems counted are this profile's.
     work = os.path.join(work, p["name"])
     os.makedirs(work)
+    timeline = os.path.join(work, "timeline.json")
+    RUN_SPANS.clear()
     a, b = Site(binary, work, "a"), Site(binary, work, "b")
     emu = subprocess.Popen(
         [sys.executable, LINKEMU, "--ns", a.name, "--ns", b.name, "--addr", f"{A_IP}/24",
          "--addr", f"{B_IP}/24", "--rate-kbit", str(p["kbit"]), "--delay-ms", str(p["delay_ms"]),
-         "--loss", str(p["loss"]), "--queue-ms", str(max(100, 2 * p["delay_ms"]))],
+         "--loss", str(p["loss"]), "--queue-ms", str(max(100, 2 * p["delay_ms"]))]
+        + (["--timeline", timeline] if TIMELINE else []),
         stdout=subprocess.PIPE, text=True)
     try:
         assert emu.stdout.readline().strip() == "ready"
@@ -196,6 +207,23 @@ def profile(binary, work, p):
         emu.wait()
         a.close()
         b.close()
+    if TIMELINE:
+        print_timeline(timeline, p["kbit"])
+
+
+def print_timeline(path, kbit):
+    """Per run: the link's use a→b in % of its rate, every TIMELINE_SLICE s."""
+    with open(path) as f:
+        t = json.load(f)
+    per_slice = round(TIMELINE_SLICE / t["step_s"])
+    capacity = kbit * 1000 / 8 * TIMELINE_SLICE
+    for n, (start, end) in enumerate(RUN_SPANS):
+        first = int((start - t["start_s"]) / t["step_s"])
+        last = int((end - t["start_s"]) / t["step_s"]) + 1
+        steps = t["a_to_b"][max(first, 0):last]
+        slices = [sum(steps[i:i + per_slice]) for i in range(0, len(steps), per_slice)]
+        print(f"  run {n + 1}, link use a→b every {TIMELINE_SLICE:g} s (%):", flush=True)
+        print("   " + " ".join(f"{100 * b / capacity:.0f}" for b in slices), flush=True)
 
 
 def report(name, ideal, times):
@@ -212,7 +240,8 @@ def main():
     for p in PROFILES:
         if os.environ.get("PROFILE", p["name"]) == p["name"]:
             profile(binary, work, p)
-    shutil.rmtree(work, ignore_errors=True)
+    if not os.environ.get("KEEP"):  # KEEP=1 leaves the nodes' logs for a look
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
