@@ -8,6 +8,7 @@
 
 pub mod address_book;
 pub mod blob_gate;
+pub mod bottleneck;
 pub mod congestion;
 pub mod discovery;
 pub mod fetch;
@@ -15,6 +16,7 @@ pub mod frame;
 pub mod gossip;
 pub mod hub;
 pub mod join;
+pub mod pacer_slack;
 pub mod peers;
 pub mod policy;
 pub mod proof;

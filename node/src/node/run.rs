@@ -254,9 +254,10 @@ async fn redial_remembered(hub: &Arc<Hub>) {
     }
 }
 
-/// Environment: the QUIC congestion controller (`bbr`: BBR that tolerates
-/// random loss, `bbr3`: noq's BBRv3 as is, `cubic`, `newreno`), for
-/// measuring links; the default is `bbr` (see `DEFAULT_CONGESTION`).
+/// Environment: the QUIC congestion controller (`bbr`: ours, a BBR-like
+/// model of the path's bottleneck that tolerates random loss, cubic on
+/// short paths — `net/congestion.rs`; `bbr3`: noq's BBRv3 as is, `cubic`,
+/// `newreno`), for measuring links; the default is `bbr`.
 const CONGESTION_ENV: &str = "MESHSTUDIO_CONGESTION";
 /// BBR: a site's link loses packets to noise, not only to congestion, and
 /// loss-based controllers (cubic, new reno) slow down for every loss;
@@ -272,7 +273,7 @@ fn congestion_controller(max_upload_kbps: Option<u32>) -> Result<ControllerFacto
     use noq_proto::congestion::{Bbr3Config, CubicConfig, NewRenoConfig};
     let name = std::env::var(CONGESTION_ENV).unwrap_or_else(|_| DEFAULT_CONGESTION.into());
     Ok(match name.as_str() {
-        "bbr" => Arc::new(crate::net::congestion::LossTolerantBbr::new(cap)),
+        "bbr" => Arc::new(crate::net::congestion::Factory::new(cap)),
         _ if cap.is_some() => {
             return Err(format!(
                 "--max-upload-kbps needs the default congestion control, not {CONGESTION_ENV}={name}"
@@ -288,6 +289,15 @@ fn congestion_controller(max_upload_kbps: Option<u32>) -> Result<ControllerFacto
         }
     })
 }
+
+/// What a peer may send ahead of what we have read, per stream and per
+/// connection. A lost packet holds a stream's reading until it is resent
+/// (a round trip or more), and the node's own reading pauses now and then
+/// (a store write): at 1.25 MB (noq's default), a 10 Mbit/s, 150 ms link
+/// stalled for ~0.5 s a few times per 20 MB (the link emulator's timeline).
+/// Bounded per connection so a member cannot make us buffer much more.
+const STREAM_RECEIVE_WINDOW: u64 = 4 << 20;
+const RECEIVE_WINDOW: u64 = 16 << 20;
 
 async fn bind_endpoint(
     opts: &UpOptions,
@@ -309,12 +319,15 @@ async fn bind_endpoint(
     let mut transport = QuicTransportConfig::builder()
         .initial_mtu(INITIAL_MTU)
         .congestion_controller_factory(congestion_controller(opts.max_upload_kbps)?);
-    if let Some(window) = caps.download_window() {
-        let window = VarInt::from_u64(window).map_err(|e| e.to_string())?;
-        transport = transport
-            .receive_window(window)
-            .stream_receive_window(window);
-    }
+    let (window, stream_window) = match caps.download_window() {
+        Some(window) => (window, window),
+        None => (RECEIVE_WINDOW, STREAM_RECEIVE_WINDOW),
+    };
+    let window = VarInt::from_u64(window).map_err(|e| e.to_string())?;
+    let stream_window = VarInt::from_u64(stream_window).map_err(|e| e.to_string())?;
+    transport = transport
+        .receive_window(window)
+        .stream_receive_window(stream_window);
     let transport = transport.build();
     Endpoint::builder(presets::Minimal)
         .transport_config(transport)
