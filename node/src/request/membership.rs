@@ -6,8 +6,9 @@ use serde_json::{Value, json};
 
 use super::{Context, ProjectRecord, RequestError, Result, now_ms, project_secret, resolve};
 use crate::net::hub::member_union;
+use crate::net::policy::stems_allowed;
 use crate::net::ticket::Ticket;
-use crate::net::{gossip, join, peers, wire};
+use crate::net::{fetch, gossip, join, peers, wire};
 use crate::project::ProjectDoc;
 
 pub fn invite(ctx: &mut Context, project: &str) -> Result<Value> {
@@ -57,6 +58,18 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
             Some(relay) => addr.with_relay_url(relay),
             None => addr,
         });
+        // The stems start now, from the inviter, with the state just
+        // joined: no waiting for the sync session's round trips (on a
+        // 300 ms link, about a second). Only if the stems policy lets them
+        // over any link: how this one runs (relayed? LAN?) is known once
+        // the session is up, and then that session fetches them.
+        if stems_allowed(ctx, &ticket.inviter, Some("remote")) {
+            net.runtime.spawn(fetch::fetch_missing(
+                hub.clone(),
+                ticket.project.clone(),
+                inviter,
+            ));
+        }
         let secret = ticket.secret_bytes();
         net.runtime.spawn(gossip::join(
             hub,
