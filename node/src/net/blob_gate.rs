@@ -48,10 +48,17 @@ pub fn spawn(hub: Arc<Hub>) -> EventSender {
                 ProviderMessage::ConnectionClosed(m) => {
                     peers.remove(&m.inner.connection_id);
                 }
+                // Requests are judged on their own tasks: a judgement waits
+                // for the node's request context, and the stream of chunk
+                // events (`Throttle`, every 16 KiB of every transfer) must
+                // not wait behind it.
                 ProviderMessage::GetRequestReceived(m) => {
                     let peer = peers.get(&m.inner.connection_id).copied();
-                    let verdict = judge(&hub, peer, m.inner.request.hash).await;
-                    m.tx.send(verdict).await.ok();
+                    let hub = hub.clone();
+                    tokio::spawn(async move {
+                        let verdict = judge(&hub, peer, m.inner.request.hash).await;
+                        m.tx.send(verdict).await.ok();
+                    });
                 }
                 ProviderMessage::Throttle(m) => {
                     let peer = peers.get(&m.inner.connection_id);
@@ -71,8 +78,11 @@ pub fn spawn(hub: Arc<Hub>) -> EventSender {
                 }
                 ProviderMessage::ObserveRequestReceived(m) => {
                     let peer = peers.get(&m.inner.connection_id).copied();
-                    let verdict = judge(&hub, peer, m.inner.request.hash).await;
-                    m.tx.send(verdict).await.ok();
+                    let hub = hub.clone();
+                    tokio::spawn(async move {
+                        let verdict = judge(&hub, peer, m.inner.request.hash).await;
+                        m.tx.send(verdict).await.ok();
+                    });
                 }
                 _ => {}
             }
