@@ -395,8 +395,21 @@ impl Bottleneck {
     /// Bytes/s to pace at; `None` until a rate was measured (then noq
     /// paces the initial window over a round trip).
     pub fn pacing_rate(&self) -> Option<u64> {
-        let bw = self.bandwidth();
-        (bw > 0.0).then(|| ((bw * self.gain()) as u64).max(1))
+        let mut bw = self.bandwidth();
+        if bw <= 0.0 {
+            return None;
+        }
+        if self.phase == Phase::Startup {
+            // Never slower than a window per round trip: the first samples
+            // come while the application has little to send (the
+            // handshake, a request), and start-up paced at a multiple of
+            // those ramped from next to nothing (seen: 1.3 KB/s).
+            let rtt = self.min_rtt.get().unwrap_or(self.srtt).as_secs_f64();
+            if rtt > 0.0 {
+                bw = bw.max(self.window() as f64 / rtt);
+            }
+        }
+        Some(((bw * self.gain()) as u64).max(1))
     }
 
     pub fn initial_window(&self) -> u64 {
@@ -631,6 +644,24 @@ mod tests {
         let out = link.run(&mut c, t0, 4);
         assert!(out.per_second[2] > 0.95 * link.rate, "{:?}", out.per_second);
         assert!(matches!(c.phase, Phase::Cruise { .. }), "{:?}", c.phase);
+    }
+
+    #[test]
+    fn start_up_paces_at_least_a_window_per_round_trip() {
+        let t0 = Instant::now();
+        let mut c = Bottleneck::new(t0, MTU as u16);
+        // The handshake's few bytes are the first sample: ~1.5 KB/s.
+        let rtt = Duration::from_millis(300);
+        c.sent(t0, 450);
+        c.acked(t0 + rtt, t0, 450, true, rtt);
+        c.acks_done(t0 + rtt, 0);
+        let floor = (STARTUP_GAIN * c.window() as f64 / rtt.as_secs_f64()) as u64;
+        assert!(c.bandwidth() < 2000.0, "{}", c.bandwidth());
+        assert!(
+            c.pacing_rate() >= Some(floor),
+            "{:?} < {floor}",
+            c.pacing_rate()
+        );
     }
 
     #[test]
