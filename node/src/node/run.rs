@@ -183,6 +183,7 @@ async fn serve(
     gossip::join_all(&hub).await;
     tokio::spawn(gossip::follow_changes(hub.clone()));
     tokio::spawn(hub.clone().measure_rate());
+    tokio::spawn(watch_for_stalls());
     let listener = bind_api(opts.api).await?;
     let api = listener.local_addr().map_err(|e| e.to_string())?;
     let id = endpoint.id().to_string();
@@ -251,6 +252,30 @@ async fn redial_remembered(hub: &Arc<Hub>) {
             continue;
         };
         hub.ensure_dialing(peers::addr(id, &peers::parse_record(&record)));
+    }
+}
+
+/// How often the stall watch looks, and how late it may be woken before
+/// it says so: a runtime blocked this long stops every connection (no
+/// packets read, none sent, no acks) — seen as the link going quiet for
+/// half a second in `scripts/bench/sync`.
+const STALL_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+const STALL_REPORTED: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Logs when the async runtime could not run a task for a while
+/// (blocking work on its threads, or the machine starved of CPU).
+async fn watch_for_stalls() {
+    let mut last = Instant::now();
+    loop {
+        tokio::time::sleep(STALL_TICK).await;
+        let late = last.elapsed().saturating_sub(STALL_TICK);
+        if late >= STALL_REPORTED {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "the node's event loop was held up"
+            );
+        }
+        last = Instant::now();
     }
 }
 
