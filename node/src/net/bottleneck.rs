@@ -317,7 +317,7 @@ impl Bottleneck {
             return;
         };
         match self.phase {
-            Phase::Drain if self.in_flight <= self.bdp() => {
+            Phase::Drain if self.queue_empty() => {
                 self.phase = Phase::Cruise {
                     index: CYCLE_START,
                     since: now,
@@ -341,8 +341,7 @@ impl Bottleneck {
         if CYCLE[index] >= 1.0 {
             return elapsed >= min_rtt;
         }
-        let drained = self.in_flight <= self.bdp();
-        (elapsed >= min_rtt && drained) || elapsed >= min_rtt * DRAIN_MAX_RTTS
+        (elapsed >= min_rtt && self.queue_empty()) || elapsed >= min_rtt * DRAIN_MAX_RTTS
     }
 
     /// A loss the wrapper judged to be congestion, or an ECN mark.
@@ -367,9 +366,18 @@ impl Bottleneck {
         self.bw.max(self.round)
     }
 
+    /// The path's round trip without a queue (smoothed, until measured).
+    fn base_rtt(&self) -> Duration {
+        self.min_rtt.get().unwrap_or(self.srtt)
+    }
+
     fn bdp(&self) -> u64 {
-        let rtt = self.min_rtt.get().unwrap_or(self.srtt);
-        (self.bandwidth() * rtt.as_secs_f64()) as u64
+        (self.bandwidth() * self.base_rtt().as_secs_f64()) as u64
+    }
+
+    /// Nothing in flight beyond what the path holds: no queue of ours.
+    fn queue_empty(&self) -> bool {
+        self.in_flight <= self.bdp()
     }
 
     fn gain(&self) -> f64 {
@@ -404,7 +412,7 @@ impl Bottleneck {
             // come while the application has little to send (the
             // handshake, a request), and start-up paced at a multiple of
             // those ramped from next to nothing (seen: 1.3 KB/s).
-            let rtt = self.min_rtt.get().unwrap_or(self.srtt).as_secs_f64();
+            let rtt = self.base_rtt().as_secs_f64();
             if rtt > 0.0 {
                 bw = bw.max(self.window() as f64 / rtt);
             }

@@ -59,7 +59,7 @@ impl Factory {
 impl ControllerFactory for Factory {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         Box::new(LossTolerant {
-            inner: Box::new(Bottleneck::new(now, current_mtu)),
+            inner: Bottleneck::new(now, current_mtu),
             short: self.short.clone().build(now, current_mtu),
             min_rtt: Duration::MAX,
             losses: LossRate::default(),
@@ -103,7 +103,7 @@ impl LossRate {
 
 #[derive(Debug)]
 struct LossTolerant {
-    inner: Box<dyn Controller>,
+    inner: Bottleneck,
     /// Cubic, fed every event too, in charge while the path is short.
     short: Box<dyn Controller>,
     min_rtt: Duration,
@@ -125,12 +125,12 @@ impl LossTolerant {
         if self.on_short_path() {
             return None;
         }
-        let rate = self.inner.metrics().pacing_rate?;
+        let rate = self.inner.pacing_rate()?;
         Some(lossless(rate, self.losses.noise()))
     }
 
     fn both(&mut self, mut event: impl FnMut(&mut dyn Controller)) {
-        event(self.inner.as_mut());
+        event(&mut self.inner);
         event(self.short.as_mut());
     }
 }
@@ -190,8 +190,8 @@ impl Controller for LossTolerant {
         largest_lost_pn: u64,
     ) {
         // `Bottleneck` acts here only on ECN marks and on persistent
-        // congestion: both are congestion, never noise. Cubic halves its window on
-        // any loss, as it should on a short path.
+        // congestion: both are congestion, never noise. Cubic halves its
+        // window on any loss, as it should on a short path.
         self.both(|c| {
             c.on_congestion_event(now, sent, persistent, ecn, lost_bytes, largest_lost_pn)
         });
@@ -220,7 +220,7 @@ impl Controller for LossTolerant {
         if self.on_short_path() {
             return self.short.window();
         }
-        lossless(self.inner.window(), self.losses.noise())
+        lossless(Bottleneck::window(&self.inner), self.losses.noise())
     }
 
     fn metrics(&self) -> ControllerMetrics {
@@ -242,7 +242,7 @@ impl Controller for LossTolerant {
 
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(LossTolerant {
-            inner: self.inner.clone_box(),
+            inner: self.inner.clone(),
             short: self.short.clone_box(),
             min_rtt: self.min_rtt,
             losses: self.losses,
@@ -252,7 +252,7 @@ impl Controller for LossTolerant {
     }
 
     fn initial_window(&self) -> u64 {
-        self.inner.initial_window()
+        Bottleneck::initial_window(&self.inner)
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {

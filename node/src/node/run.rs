@@ -284,7 +284,7 @@ async fn watch_for_stalls() {
 /// short paths — `net/congestion.rs`; `bbr3`: noq's BBRv3 as is, `cubic`,
 /// `newreno`), for measuring links; the default is `bbr`.
 const CONGESTION_ENV: &str = "MESHSTUDIO_CONGESTION";
-/// BBR: a site's link loses packets to noise, not only to congestion, and
+/// Ours: a site's link loses packets to noise, not only to congestion, and
 /// loss-based controllers (cubic, new reno) slow down for every loss;
 /// `scripts/bench/sync` measures both through the link emulator.
 const DEFAULT_CONGESTION: &str = "bbr";
