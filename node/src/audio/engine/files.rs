@@ -110,6 +110,8 @@ struct FileOut {
     writer: WavWriter<TrackedWriter>,
     playback: Playback,
     buf: Vec<f32>,
+    /// Frames written so far: where the next buffer is on the file clock.
+    frames: u64,
 }
 
 /// The clock thread: ticks the file sides until `stop`. A read or write
@@ -132,7 +134,7 @@ pub fn clock(
     }
     let mut input = input.and_then(|(side, cap)| {
         let reader = side.reader.lock().ok()?.take()?;
-        Some((reader, cap, Vec::new()))
+        Some((reader, cap, Vec::new(), 0u64))
     });
     let started = Instant::now();
     let mut ticks = 0u64;
@@ -140,8 +142,8 @@ pub fn clock(
         if stop.load(Ordering::Acquire) {
             break Ok(());
         }
-        if let Some((reader, capture, pending)) = &mut input {
-            match tick_input(reader, capture, pending, period, clock.fast, stop) {
+        if let Some((reader, capture, pending, fed)) = &mut input {
+            match tick_input(reader, capture, pending, fed, period, clock.fast, stop) {
                 Ok(true) => {}
                 Ok(false) => break Ok(()),
                 Err(e) => break Err(e),
@@ -183,6 +185,7 @@ fn open_out(path: &Path, playback: Playback, period: usize) -> Result<FileOut, S
         writer,
         playback,
         buf: vec![0.0; period * CHANNELS],
+        frames: 0,
     })
 }
 
@@ -191,6 +194,7 @@ fn tick_input(
     reader: &mut AudioReader,
     capture: &mut Capture,
     pending: &mut Vec<f32>,
+    fed: &mut u64,
     period: usize,
     fast: bool,
     stop: &AtomicBool,
@@ -210,7 +214,12 @@ fn tick_input(
     while fast && capture.room() < n / ch * capture.take_channels && !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    capture.process(&pending[..n], 1, 0);
+    capture.process(
+        &pending[..n],
+        file_clock_ns(*fed, reader.info().sample_rate),
+        0,
+    );
+    *fed += (n / ch) as u64;
     pending.drain(..n);
     Ok(true)
 }
@@ -233,11 +242,23 @@ fn tick_output(
     {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let got = out.playback.process(&mut out.buf, 1, 0);
+    let got = out
+        .playback
+        .process(&mut out.buf, file_clock_ns(out.frames, ENGINE_RATE), 0);
+    out.frames += (want / CHANNELS) as u64;
     let ended = got < want / CHANNELS && shared.feeder_done.load(Ordering::Acquire);
     let keep = if ended && trim { got * CHANNELS } else { want };
     out.writer
         .write(&out.buf[..keep])
         .map_err(|e| e.to_string())?;
     Ok(ended)
+}
+
+/// When a file side's frame `frames` is "heard" or "captured": exactly
+/// where it lies on the file clock, so both sides' timestamps agree to the
+/// frame and an overdub between files lines up the same way every run.
+/// Any origin serves; one second keeps the stamps clear of zero.
+fn file_clock_ns(frames: u64, rate: u32) -> u64 {
+    const ORIGIN_NS: u64 = 1_000_000_000;
+    ORIGIN_NS + frames * 1_000_000_000 / u64::from(rate.max(1))
 }
