@@ -52,6 +52,17 @@ const INITIAL_PACKETS: u64 = 10;
 const MIN_PACKETS: u64 = 4;
 /// Extra window for the packets an ack batch releases at once.
 const QUANTUM_PACKETS: u64 = 3;
+/// Bytes/s paced at least while a `1 / LIGHT_LOAD_SHARE` of the window or
+/// less is in flight. noq paces every packet, acks included, and the side
+/// that mostly receives measures only its own rare flow-control updates:
+/// its estimate (~15 KB/s) held its acks back, and they left in bursts up
+/// to 2 s apart, the sender idle in between (profile A of
+/// `scripts/bench/sync`, in about one run in two). The acks of a 1 Gbit/s
+/// download (one ~60-byte ack per two packets) need 2.5 MB/s. Data sent
+/// this fast is a quarter of a window at most before the estimate paces
+/// again.
+const LIGHT_LOAD_PACING: f64 = 3e6;
+const LIGHT_LOAD_SHARE: u64 = 4;
 /// Delivery history kept for rate samples: this many smoothed round trips,
 /// and at most this many ack batches.
 const HISTORY_RTTS: u32 = 4;
@@ -417,7 +428,11 @@ impl Bottleneck {
                 bw = bw.max(self.window() as f64 / rtt);
             }
         }
-        Some(((bw * self.gain()) as u64).max(1))
+        let mut rate = bw * self.gain();
+        if self.in_flight * LIGHT_LOAD_SHARE <= self.window() {
+            rate = rate.max(LIGHT_LOAD_PACING);
+        }
+        Some((rate as u64).max(1))
     }
 
     pub fn initial_window(&self) -> u64 {
@@ -670,6 +685,30 @@ mod tests {
             "{:?} < {floor}",
             c.pacing_rate()
         );
+    }
+
+    #[test]
+    fn a_side_that_mostly_receives_paces_its_acks_freely() {
+        let t0 = Instant::now();
+        let mut c = Bottleneck::new(t0, MTU as u16);
+        // A request, then a 60-byte flow-control update now and then,
+        // each alone in flight: the estimate is tiny.
+        let rtt = Duration::from_millis(150);
+        let mut now = t0;
+        for _ in 0..20 {
+            c.sent(now, 60);
+            now += rtt;
+            c.acked(now, now - rtt, 60, false, rtt);
+            c.acks_done(now, 0);
+            now += Duration::from_millis(500);
+        }
+        assert!(c.bandwidth() < 1000.0, "{}", c.bandwidth());
+        // Acks of a 1 Gbit/s download: 42 000 a second of ~60 bytes.
+        let acks = 42_000 * 60;
+        assert!(c.pacing_rate() >= Some(acks), "{:?}", c.pacing_rate());
+        // With its window full, the estimate paces it again.
+        c.sent(now, c.window());
+        assert!(c.pacing_rate() < Some(10_000), "{:?}", c.pacing_rate());
     }
 
     #[test]
