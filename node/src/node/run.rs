@@ -269,8 +269,8 @@ async fn redial_remembered(hub: &Arc<Hub>) {
 
 /// How often the stall watch looks, and how late it may be woken before
 /// it says so: a runtime blocked this long stops every connection (no
-/// packets read, none sent, no acks) — seen as the link going quiet for
-/// half a second in `scripts/bench/sync`.
+/// packets read, none sent, no acks), which from outside looks like a
+/// link going quiet.
 const STALL_TICK: Duration = Duration::from_millis(50);
 const STALL_REPORTED: Duration = Duration::from_millis(200);
 
