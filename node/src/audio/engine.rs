@@ -242,15 +242,6 @@ impl Drop for Published {
 /// user's Ctrl-C: gracefully, keeping the take.
 pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, EngineError> {
     let sides = open_sides(&session)?;
-    let shared = Arc::new(Shared::default());
-    let _published = Published::new(&shared);
-    let errors: ErrorSlot = Arc::default();
-    let stop = AtomicBool::new(false);
-    let full = AtomicBool::new(false);
-    let written = AtomicU64::new(0);
-    let fed = AtomicU64::new(0);
-    let take_channels = sides.in_channels.min(CHANNELS);
-
     let Session {
         feed,
         take,
@@ -265,164 +256,257 @@ pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, Eng
             "recording MIDI needs an output, to hear the keys".into(),
         ));
     }
-    let until_frame = midi.as_ref().and_then(|m| m.until_frame);
-    let recording_midi = midi.is_some();
-    let (midi_live, midi_disk) = match midi {
-        Some(plan) => {
-            let (tx, rx) = RingBuffer::new(ARRIVAL_RING);
-            let live = LiveMidi::new(plan.arrivals, tx, plan.synth);
-            (
-                Some(live),
-                Some(MidiDisk {
-                    ring: rx,
-                    log: plan.log,
-                }),
-            )
-        }
-        None => (None, None),
+    let ends = Ends {
+        recording_midi: midi.is_some(),
+        until_frame: midi.as_ref().and_then(|m| m.until_frame),
     };
-    let monitor = monitor && sides.input.is_some() && !sides.outputs.is_empty();
-    let (mon_tx, mon_rx) = split(monitor.then(|| RingBuffer::new(MONITOR_RING_FRAMES * CHANNELS)));
-    let mut out_rings: Vec<_> = sides
-        .outputs
-        .iter()
-        .map(|_| RingBuffer::<f32>::new(OUTPUT_RING_FRAMES * CHANNELS))
-        .collect();
-    let (take_tx, take_rx) = split(
-        take.is_some()
-            .then(|| RingBuffer::new(sides.in_rate as usize * TAKE_RING_SECONDS * take_channels)),
-    );
-    let (out_tx, out_rx): (Vec<_>, Vec<_>) = out_rings.drain(..).unzip();
-
-    let capture = sides.input.as_ref().map(|_| Capture {
-        take: take_tx,
-        monitor: mon_tx,
-        device_channels: sides.in_channels,
-        take_channels,
-        shared: shared.clone(),
-        rate: sides.in_rate,
-        clock: Default::default(),
-    });
-    let playbacks: Vec<Playback> = out_rx
-        .into_iter()
-        .zip(&sides.outputs)
-        .map(|(ring, side)| Playback {
-            ring,
-            monitor: None,
-            device_channels: side.channels(),
-            shared: shared.clone(),
-            debt: 0,
-            clock: Default::default(),
-            midi: None,
-        })
-        .collect();
-    let mut playbacks = playbacks;
-    if let (Some(first), Some(rx)) = (playbacks.first_mut(), mon_rx) {
-        first.monitor = Some(rt::MonitorRing::new(rx));
-    }
-    if let Some(first) = playbacks.first_mut() {
-        first.midi = midi_live;
-    }
+    let clock = Clock {
+        fast,
+        buffer,
+        endless: ends.recording_midi,
+    };
+    let running = Running::new(sides);
+    let _published = Published::new(&running.shared);
+    let wiring = running.wire(monitor, take, midi)?;
     if feed.is_none() {
-        shared.feeder_done.store(true, Ordering::Release);
+        running.shared.feeder_done.store(true, Ordering::Release);
     }
-
-    let disk = match (take, take_rx) {
-        (Some(plan), Some(ring)) => {
-            let sink = (plan.open)(take_channels, sides.in_rate)
-                .map_err(|e| EngineError::Io(format!("cannot write the take: {e}")))?;
-            Some(Disk {
-                ring,
-                sink,
-                channels: take_channels,
-                rate: sides.in_rate,
-                align: plan.align,
-                limit: plan
-                    .seconds
-                    .map(|s| (s.max(0.0) * f64::from(sides.in_rate)).round() as u64),
-            })
-        }
-        _ => None,
-    };
-
     let mut outcome = Outcome {
-        input: sides.input_label.clone(),
-        output: sides.output_label.clone(),
-        take_rate: sides.in_rate,
-        take_channels,
+        input: running.sides.input_label.clone(),
+        output: running.sides.output_label.clone(),
+        take_rate: running.sides.in_rate,
+        take_channels: running.take_channels(),
         ..Outcome::default()
     };
-    std::thread::scope(|scope| -> Result<(), EngineError> {
-        let disk_thread = disk.map(|d| scope.spawn(|| d.run(&shared, &stop, &full, &written)));
-        let midi_thread = midi_disk.map(|d| scope.spawn(|| d.run(&stop)));
-        let block = buffer.map_or(FEED_FRAMES, |b| {
-            (b as usize).clamp(MIN_FEED_FRAMES, FEED_FRAMES)
+    running.threads(wiring, feed, clock, ends, observer, &mut outcome)?;
+    fill_counters(&mut outcome, &running.shared, &running.sides);
+    Ok(outcome)
+}
+
+/// What a session's threads share: the opened sides, the real-time
+/// counters, the devices' error news and the threads' own flags.
+struct Running {
+    sides: Sides,
+    shared: Arc<Shared>,
+    errors: ErrorSlot,
+    stop: AtomicBool,
+    /// The take's disk is full: the session ends, keeping what was written.
+    full: AtomicBool,
+    /// Frames the disk thread has written to the take.
+    written: AtomicU64,
+    /// Frames the feeder has queued for the output.
+    fed: AtomicU64,
+}
+
+/// The callbacks' halves and the threads' ends of the rings between
+/// them, made before anything runs (the callbacks never allocate).
+struct Wiring {
+    capture: Option<Capture>,
+    playbacks: Vec<Playback>,
+    /// The feeder's ends of the output rings, one per output.
+    feed_rings: Vec<rtrb::Producer<f32>>,
+    disk: Option<Disk>,
+    midi_disk: Option<MidiDisk>,
+}
+
+impl Running {
+    fn new(sides: Sides) -> Running {
+        Running {
+            sides,
+            shared: Arc::new(Shared::default()),
+            errors: ErrorSlot::default(),
+            stop: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            fed: AtomicU64::new(0),
+        }
+    }
+
+    /// Channels kept in the take: the input's, at most stereo.
+    fn take_channels(&self) -> usize {
+        self.sides.in_channels.min(CHANNELS)
+    }
+
+    /// Makes the rings and both ends of each; opens the take's sink.
+    fn wire(
+        &self,
+        monitor: bool,
+        take: Option<TakePlan>,
+        midi: Option<MidiPlan>,
+    ) -> Result<Wiring, EngineError> {
+        let sides = &self.sides;
+        let take_channels = self.take_channels();
+        let monitor = monitor && sides.input.is_some() && !sides.outputs.is_empty();
+        let (mon_tx, mon_rx) =
+            split(monitor.then(|| RingBuffer::new(MONITOR_RING_FRAMES * CHANNELS)));
+        let take_ring = sides.in_rate as usize * TAKE_RING_SECONDS * take_channels;
+        let (take_tx, take_rx) = split(take.is_some().then(|| RingBuffer::new(take_ring)));
+        let capture = sides.input.as_ref().map(|_| Capture {
+            take: take_tx,
+            monitor: mon_tx,
+            device_channels: sides.in_channels,
+            take_channels,
+            shared: self.shared.clone(),
+            rate: sides.in_rate,
+            clock: Default::default(),
         });
-        let feeder = feed.map(|f| {
-            let (shared, stop, fed) = (&shared, &stop, &fed);
-            scope.spawn(move || feed_loop(f, block, out_tx, shared, stop, fed))
-        });
-        prefill(&shared, &fed);
-        let started = start_streams(
-            scope,
-            &sides,
+        let (feed_rings, mut playbacks) = self.playbacks();
+        let (midi_live, midi_disk) = midi_halves(midi);
+        if let Some(first) = playbacks.first_mut() {
+            first.monitor = mon_rx.map(rt::MonitorRing::new);
+            first.midi = midi_live;
+        }
+        Ok(Wiring {
             capture,
             playbacks,
-            &errors,
-            &shared,
-            &stop,
-            Clock {
-                fast,
-                buffer,
-                endless: recording_midi,
-            },
-        );
-        let result = match started {
-            Ok(streams) => {
-                let ends = Ends {
-                    recording_midi,
-                    until_frame,
+            feed_rings,
+            disk: self.open_disk(take, take_rx)?,
+            midi_disk,
+        })
+    }
+
+    /// One output ring per output: the feeder's ends and the callbacks'.
+    fn playbacks(&self) -> (Vec<rtrb::Producer<f32>>, Vec<Playback>) {
+        let shared = &self.shared;
+        self.sides
+            .outputs
+            .iter()
+            .map(|side| {
+                let (tx, ring) = RingBuffer::<f32>::new(OUTPUT_RING_FRAMES * CHANNELS);
+                let playback = Playback {
+                    ring,
+                    monitor: None,
+                    device_channels: side.channels(),
+                    shared: shared.clone(),
+                    debt: 0,
+                    clock: Default::default(),
+                    midi: None,
                 };
-                let watched = watch(&sides, &shared, &errors, &stop, &full, &fed, ends, observer);
-                outcome.stopped = watched.stopped;
-                outcome.error = watched.error;
-                stop.store(true, Ordering::Release);
-                close(streams, outcome.error.is_some());
-                Ok(())
-            }
-            Err(e) => Err(e),
+                (tx, playback)
+            })
+            .unzip()
+    }
+
+    fn open_disk(
+        &self,
+        take: Option<TakePlan>,
+        ring: Option<rtrb::Consumer<f32>>,
+    ) -> Result<Option<Disk>, EngineError> {
+        let (Some(plan), Some(ring)) = (take, ring) else {
+            return Ok(None);
         };
-        stop.store(true, Ordering::Release);
-        if let Some(f) = feeder
-            && let Ok(Err(e)) = f.join()
-        {
-            outcome.error.get_or_insert(e);
+        let (channels, rate) = (self.take_channels(), self.sides.in_rate);
+        let sink = (plan.open)(channels, rate)
+            .map_err(|e| EngineError::Io(format!("cannot write the take: {e}")))?;
+        Ok(Some(Disk {
+            ring,
+            sink,
+            channels,
+            rate,
+            align: plan.align,
+            limit: plan
+                .seconds
+                .map(|s| (s.max(0.0) * f64::from(rate)).round() as u64),
+        }))
+    }
+
+    /// Runs the session's threads and streams until it ends, then joins
+    /// them; `outcome` learns how it ended and what the take holds.
+    fn threads(
+        &self,
+        wiring: Wiring,
+        feed: Option<Box<dyn Feed + '_>>,
+        clock: Clock,
+        ends: Ends,
+        observer: &dyn Observer,
+        outcome: &mut Outcome,
+    ) -> Result<(), EngineError> {
+        let Wiring {
+            capture,
+            playbacks,
+            feed_rings,
+            disk,
+            midi_disk,
+        } = wiring;
+        std::thread::scope(|scope| {
+            let (shared, stop) = (&*self.shared, &self.stop);
+            let disk = disk.map(|d| scope.spawn(|| d.run(shared, stop, &self.full, &self.written)));
+            let midi = midi_disk.map(|d| scope.spawn(|| d.run(stop)));
+            let block = clock.buffer.map_or(FEED_FRAMES, |b| {
+                (b as usize).clamp(MIN_FEED_FRAMES, FEED_FRAMES)
+            });
+            let fed = &self.fed;
+            let feeder = feed
+                .map(|f| scope.spawn(move || feed_loop(f, block, feed_rings, shared, stop, fed)));
+            prefill(shared, fed);
+            let result = self
+                .start_streams(scope, capture, playbacks, clock)
+                .map(|streams| {
+                    let watched = self.watch(ends, observer);
+                    outcome.stopped = watched.stopped;
+                    outcome.error = watched.error;
+                    stop.store(true, Ordering::Release);
+                    close(streams, outcome.error.is_some());
+                });
+            stop.store(true, Ordering::Release);
+            join_workers(feeder, midi, disk, outcome)?;
+            result
+        })
+    }
+}
+
+type Worker<'scope, T> = std::thread::ScopedJoinHandle<'scope, T>;
+
+/// Joins the feeder, MIDI and disk threads (in that order, once `stop`
+/// is set); their failures become the outcome's error or the result.
+fn join_workers(
+    feeder: Option<Worker<'_, Result<(), String>>>,
+    midi: Option<Worker<'_, std::io::Result<u64>>>,
+    disk: Option<Worker<'_, std::io::Result<DiskReport>>>,
+    outcome: &mut Outcome,
+) -> Result<(), EngineError> {
+    if let Some(f) = feeder
+        && let Ok(Err(e)) = f.join()
+    {
+        outcome.error.get_or_insert(e);
+    }
+    // A MIDI log that fails keeps what it wrote: the take is committed
+    // from it, and the failure reported as the session's error.
+    if let Some(m) = midi {
+        let written = m
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("it panicked")));
+        if let Err(e) = written {
+            outcome
+                .error
+                .get_or_insert(format!("cannot write the MIDI take: {e}"));
         }
-        // A MIDI log that fails keeps what it wrote: the take is committed
-        // from it, and the failure reported as the session's error.
-        if let Some(m) = midi_thread {
-            let written = m
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("it panicked")));
-            if let Err(e) = written {
-                outcome
-                    .error
-                    .get_or_insert(format!("cannot write the MIDI take: {e}"));
-            }
-        }
-        if let Some(d) = disk_thread {
-            let report: DiskReport = d
-                .join()
-                .map_err(|_| EngineError::Io("the disk thread failed".into()))?
-                .map_err(|e| EngineError::Io(format!("cannot write the take: {e}")))?;
-            outcome.take_frames = report.frames;
-            outcome.take_skipped = report.skipped;
-            outcome.samples = report.samples;
-        }
-        result
-    })?;
-    fill_counters(&mut outcome, &shared, &sides);
-    Ok(outcome)
+    }
+    if let Some(d) = disk {
+        let report: DiskReport = d
+            .join()
+            .map_err(|_| EngineError::Io("the disk thread failed".into()))?
+            .map_err(|e| EngineError::Io(format!("cannot write the take: {e}")))?;
+        outcome.take_frames = report.frames;
+        outcome.take_skipped = report.skipped;
+        outcome.samples = report.samples;
+    }
+    Ok(())
+}
+
+/// The live half (played in the output callback) and the disk half (its
+/// log) of a MIDI take, joined by the arrival ring.
+fn midi_halves(midi: Option<MidiPlan>) -> (Option<LiveMidi>, Option<MidiDisk>) {
+    let Some(plan) = midi else {
+        return (None, None);
+    };
+    let (tx, rx) = RingBuffer::new(ARRIVAL_RING);
+    let live = LiveMidi::new(plan.arrivals, tx, plan.synth);
+    let disk = MidiDisk {
+        ring: rx,
+        log: plan.log,
+    };
+    (Some(live), Some(disk))
 }
 
 /// How long the output may wait for the feeder's first blocks.
@@ -542,49 +626,48 @@ struct Clock {
     endless: bool,
 }
 
-/// Starts device streams and, for file sides, the clock thread.
-#[allow(clippy::too_many_arguments)]
-fn start_streams<'scope>(
-    scope: &'scope std::thread::Scope<'scope, '_>,
-    sides: &'scope Sides,
-    capture: Option<Capture>,
-    playbacks: Vec<Playback>,
-    errors: &ErrorSlot,
-    shared: &'scope Shared,
-    stop: &'scope AtomicBool,
-    clock: Clock,
-) -> Result<Vec<cpal::Stream>, EngineError> {
-    let mut streams = Vec::new();
-    let mut file_in = None;
-    let mut file_outs = Vec::new();
-    if let (Some(side), Some(capture)) = (&sides.input, capture) {
-        match side {
-            files::Or::Device((dev, config, format)) => streams.push(
-                device::open_input(dev, config, *format, capture, errors)
-                    .map_err(EngineError::Device)?,
-            ),
-            files::Or::File(f) => file_in = Some((f, capture)),
-        }
-    }
-    for (side, playback) in sides.outputs.iter().zip(playbacks) {
-        match side {
-            files::Or::Device((dev, config, format)) => streams.push(
-                device::open_output(dev, config, *format, playback, errors)
-                    .map_err(EngineError::Device)?,
-            ),
-            files::Or::File(f) => file_outs.push((f, playback)),
-        }
-    }
-    if file_in.is_some() || !file_outs.is_empty() {
-        let rate = sides.in_rate;
-        let errors = errors.clone();
-        scope.spawn(move || {
-            if let Err(e) = files::clock(file_in, file_outs, rate, clock, shared, stop) {
-                errors.set_fatal(e);
+impl Running {
+    /// Starts device streams and, for file sides, the clock thread.
+    fn start_streams<'scope>(
+        &'scope self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        capture: Option<Capture>,
+        playbacks: Vec<Playback>,
+        clock: Clock,
+    ) -> Result<Vec<cpal::Stream>, EngineError> {
+        let (sides, errors) = (&self.sides, &self.errors);
+        let mut streams = Vec::new();
+        let mut file_in = None;
+        let mut file_outs = Vec::new();
+        if let (Some(side), Some(capture)) = (&sides.input, capture) {
+            match side {
+                files::Or::Device((dev, config, format)) => streams.push(
+                    device::open_input(dev, config, *format, capture, errors)
+                        .map_err(EngineError::Device)?,
+                ),
+                files::Or::File(f) => file_in = Some((f, capture)),
             }
-        });
+        }
+        for (side, playback) in sides.outputs.iter().zip(playbacks) {
+            match side {
+                files::Or::Device((dev, config, format)) => streams.push(
+                    device::open_output(dev, config, *format, playback, errors)
+                        .map_err(EngineError::Device)?,
+                ),
+                files::Or::File(f) => file_outs.push((f, playback)),
+            }
+        }
+        if file_in.is_some() || !file_outs.is_empty() {
+            let rate = sides.in_rate;
+            let (shared, stop) = (&*self.shared, &self.stop);
+            scope.spawn(move || {
+                if let Err(e) = files::clock(file_in, file_outs, rate, clock, shared, stop) {
+                    errors.set_fatal(e);
+                }
+            });
+        }
+        Ok(streams)
     }
-    Ok(streams)
 }
 
 /// Renders the feed into the output rings until it ends or `stop`.
@@ -642,68 +725,84 @@ struct Ends {
     until_frame: Option<u64>,
 }
 
-/// Watches the running session; returns when it should end.
-#[allow(clippy::too_many_arguments)]
-fn watch(
-    sides: &Sides,
-    shared: &Shared,
-    errors: &ErrorSlot,
-    stop: &AtomicBool,
-    full: &AtomicBool,
-    fed: &AtomicU64,
-    ends: Ends,
-    observer: &dyn Observer,
-) -> Watched {
-    let started = Instant::now();
-    let mut last_in = (0, Instant::now());
-    let mut drained_at: Option<Instant> = None;
-    let device_in = matches!(sides.input, Some(files::Or::Device(_)));
-    let mut reported = 0;
-    let end = |stopped, error| Watched { stopped, error };
-    loop {
-        std::thread::sleep(WATCH);
-        if observer.cancelled() {
-            return end(true, None);
-        }
-        if let Some(e) = errors.take_fatal() {
-            return end(false, Some(e));
-        }
-        if full.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
-            return end(false, None);
-        }
-        let in_frames = shared.in_frames.load(Ordering::Acquire);
-        let out_frames = shared.out_frames.load(Ordering::Acquire);
-        let progress = if sides.input.is_some() {
-            in_frames
-        } else {
-            out_frames
-        };
-        observer.advance(progress - reported);
-        reported = progress;
-        if device_in {
-            if in_frames != last_in.0 {
-                last_in = (in_frames, Instant::now());
+impl Running {
+    /// Watches the running session; returns when it should end.
+    fn watch(&self, ends: Ends, observer: &dyn Observer) -> Watched {
+        let (sides, shared) = (&self.sides, &self.shared);
+        let mut input = InputWatch::default();
+        let mut drained_at: Option<Instant> = None;
+        let mut reported = 0;
+        let end = |stopped, error| Watched { stopped, error };
+        loop {
+            std::thread::sleep(WATCH);
+            if observer.cancelled() {
+                return end(true, None);
             }
-            let limit = if in_frames == 0 { START_TIMEOUT } else { STALL };
-            if last_in.1.elapsed() > limit && started.elapsed() > limit {
+            if let Some(e) = self.errors.take_fatal() {
+                return end(false, Some(e));
+            }
+            if self.full.load(Ordering::Acquire) || self.stop.load(Ordering::Acquire) {
+                return end(false, None);
+            }
+            let in_frames = shared.in_frames.load(Ordering::Acquire);
+            let out_frames = shared.out_frames.load(Ordering::Acquire);
+            let progress = if sides.input.is_some() {
+                in_frames
+            } else {
+                out_frames
+            };
+            observer.advance(progress - reported);
+            reported = progress;
+            if matches!(sides.input, Some(files::Or::Device(_))) && input.stalled(in_frames) {
                 let name = sides.input_label.clone().unwrap_or_default();
-                let why = errors
+                let why = self
+                    .errors
                     .last()
                     .unwrap_or_else(|| device::explain(&name, &"no audio arrives"));
                 return end(false, Some(why));
             }
-        }
-        if ends.until_frame.is_some_and(|f| out_frames >= f) {
-            return end(false, None);
-        }
-        // Playing only: done once everything fed has been played (and heard).
-        let feeding_done = shared.feeder_done.load(Ordering::Acquire);
-        let playing_only = sides.input.is_none() && !ends.recording_midi;
-        if playing_only && feeding_done && out_frames >= fed.load(Ordering::Acquire) {
-            let at = *drained_at.get_or_insert_with(Instant::now);
-            if at.elapsed() >= DRAIN_TAIL || sides.outputs.iter().all(files::Or::is_file) {
+            if ends.until_frame.is_some_and(|f| out_frames >= f) {
                 return end(false, None);
             }
+            // Playing only: done once everything fed has been played (and heard).
+            let feeding_done = shared.feeder_done.load(Ordering::Acquire);
+            let playing_only = sides.input.is_none() && !ends.recording_midi;
+            if playing_only && feeding_done && out_frames >= self.fed.load(Ordering::Acquire) {
+                let at = *drained_at.get_or_insert_with(Instant::now);
+                if at.elapsed() >= DRAIN_TAIL || sides.outputs.iter().all(files::Or::is_file) {
+                    return end(false, None);
+                }
+            }
         }
+    }
+}
+
+/// When an input device last delivered frames.
+struct InputWatch {
+    started: Instant,
+    frames: u64,
+    since: Instant,
+}
+
+impl Default for InputWatch {
+    fn default() -> Self {
+        let now = Instant::now();
+        InputWatch {
+            started: now,
+            frames: 0,
+            since: now,
+        }
+    }
+}
+
+impl InputWatch {
+    /// Whether the input has stopped delivering: nothing for `STALL`, or
+    /// for `START_TIMEOUT` before its first frames.
+    fn stalled(&mut self, frames: u64) -> bool {
+        if frames != self.frames {
+            (self.frames, self.since) = (frames, Instant::now());
+        }
+        let limit = if frames == 0 { START_TIMEOUT } else { STALL };
+        self.since.elapsed() > limit && self.started.elapsed() > limit
     }
 }
