@@ -473,11 +473,20 @@ fn kill_9_mid_take_keeps_every_note_its_log_holds() {
     // The log gets each batch as it comes, so within a second or so here
     // (more on a loaded machine: a CI run once needed longer). Killed
     // once it holds the last note-off, nothing of it may be lost.
-    wait_until(
-        Duration::from_secs(10),
-        "the take's log to hold every note-off",
-        || logged_note_offs(st.path()) == keys.len(),
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logged_note_offs(st.path()) < keys.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logged = logged_note_offs(st.path());
+    if logged < keys.len() {
+        rec.kill().unwrap();
+        let out = rec.wait_with_output().unwrap();
+        panic!(
+            "after 10 s the take's log holds {logged} of {} note-offs; record said: {}",
+            keys.len(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     rec.kill().unwrap(); // SIGKILL
     rec.wait().unwrap();
     let out = st.run(&["recover", "--json"]);

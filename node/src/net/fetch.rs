@@ -157,8 +157,7 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
         .collect();
     let mut running = tokio::task::JoinSet::new();
     let (mut got, mut heard_done) = (false, false);
-    // Each provider's stems policy, read once per round, not once per stem.
-    let mut policy: std::collections::HashMap<EndpointId, bool> = Default::default();
+    let mut policy = Verdicts::default();
     for (hash, tier) in wanted {
         if hub.blobs.blobs().has(hash).await.unwrap_or(false) || !hub.start_fetch(hash) {
             continue; // here already, or another session is fetching it
@@ -178,33 +177,8 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
                 .await
                 .is_some_and(|r| r.unwrap_or(false));
         }
-        let candidates = hub.providers(&project, hash, peer);
-        let unknown: Vec<EndpointId> = candidates
-            .iter()
-            .filter(|p| !policy.contains_key(*p))
-            .copied()
-            .collect();
-        if !unknown.is_empty() {
-            let seen: Vec<_> = unknown
-                .iter()
-                .map(|p| (*p, hub.link_seen(&p.to_string())))
-                .collect();
-            let verdicts = hub
-                .with_ctx(move |ctx| {
-                    let judge = |(p, seen): (EndpointId, Option<&str>)| {
-                        let id = p.to_string();
-                        let cap = peer_kbps(ctx, Way::Down, &id);
-                        (p, stems_allowed(ctx, &id, seen), cap)
-                    };
-                    seen.into_iter().map(judge).collect::<Vec<_>>()
-                })
-                .await;
-            for (p, allowed, cap) in verdicts {
-                policy.insert(p, allowed);
-                hub.caps.set(Way::Down, p, cap);
-            }
-        }
-        let providers: Vec<EndpointId> = candidates.into_iter().filter(|p| policy[p]).collect();
+        let providers =
+            allowed_providers(&hub, hub.providers(&project, hash, peer), &mut policy).await;
         if providers.is_empty() {
             if hub.mark_held_back(hash) {
                 tracing::info!(hash = %hash.fmt_short(), "stem held back: the stems policy keeps it off every link it is on");
@@ -232,6 +206,41 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
         // Others may fetch them from here now (store-and-forward).
         super::gossip::announce_stems(&hub, &project, false).await;
     }
+}
+
+/// Each provider's stems policy, read once per round, not once per stem.
+type Verdicts = std::collections::HashMap<EndpointId, bool>;
+
+/// The `candidates` the stems policy lets stems come from over the link
+/// each is on; a provider not judged yet this round is judged now (and
+/// its download cap set).
+async fn allowed_providers(
+    hub: &Arc<Hub>,
+    candidates: Vec<EndpointId>,
+    verdicts: &mut Verdicts,
+) -> Vec<EndpointId> {
+    let unknown: Vec<_> = candidates
+        .iter()
+        .filter(|p| !verdicts.contains_key(*p))
+        .map(|p| (*p, hub.link_seen(&p.to_string())))
+        .collect();
+    if !unknown.is_empty() {
+        let judged = hub
+            .with_ctx(move |ctx| {
+                let judge = |(p, seen): (EndpointId, Option<&str>)| {
+                    let id = p.to_string();
+                    let cap = peer_kbps(ctx, Way::Down, &id);
+                    (p, stems_allowed(ctx, &id, seen), cap)
+                };
+                unknown.into_iter().map(judge).collect::<Vec<_>>()
+            })
+            .await;
+        for (p, allowed, cap) in judged {
+            verdicts.insert(p, allowed);
+            hub.caps.set(Way::Down, p, cap);
+        }
+    }
+    candidates.into_iter().filter(|p| verdicts[p]).collect()
 }
 
 /// How often a round waiting for other rounds' fetches looks again (their

@@ -125,6 +125,26 @@ async fn serve(
     secret: &[u8; 32],
     ctx: Arc<Mutex<Context>>,
 ) -> Result<(), String> {
+    let hub = start_network(opts, secret, ctx.clone()).await?;
+    let protocols = mount(&hub);
+    start_background(&hub, opts, secret).await;
+    let served = serve_api(data_dir, opts.api, ctx, &hub).await;
+    tracing::info!("stopping: closing the endpoint");
+    // Shutting the router down also shuts the blob store (it serves it).
+    let shut = protocols.shutdown().await.map_err(|e| e.to_string());
+    hub.ctx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .forget_blobs();
+    served.and(shut)
+}
+
+/// Binds the endpoint and opens everything the network side shares.
+async fn start_network(
+    opts: &UpOptions,
+    secret: &[u8; 32],
+    ctx: Arc<Mutex<Context>>,
+) -> Result<Arc<Hub>, String> {
     let members = {
         let mut locked = ctx.lock().unwrap_or_else(|p| p.into_inner());
         Arc::new(RwLock::new(
@@ -150,39 +170,49 @@ async fn serve(
         .map_err(|e| e.to_string())?
         .add(book.clone());
     let hub = Arc::new(Hub {
-        gossip: gossip.clone(),
+        gossip,
         book,
         net: Mutex::new(Default::default()),
         discovery: Default::default(),
         relay: opts.relay.clone(),
         caps,
-        blobs: blobs.clone(),
-        stem_arrived: Default::default(),
         downloader: blob_downloader(&blobs, &endpoint),
+        blobs,
+        stem_arrived: Default::default(),
         received: Default::default(),
         connections: Mutex::new(Default::default()),
         sessions: Mutex::new(Default::default()),
         ctx: ctx.clone(),
-        endpoint: endpoint.clone(),
         me: endpoint.id().to_string(),
+        endpoint,
         members,
         changes: super::api::change_channel(),
     });
     let net = NetHandle {
-        endpoint: endpoint.clone(),
+        endpoint: hub.endpoint.clone(),
         runtime: tokio::runtime::Handle::current(),
         hub: Arc::downgrade(&hub),
     };
     ctx.lock().unwrap_or_else(|p| p.into_inner()).set_net(net);
-    let protocols = iroh::protocol::Router::builder(endpoint.clone())
+    Ok(hub)
+}
+
+/// One handler per ALPN on the node's router.
+fn mount(hub: &Arc<Hub>) -> iroh::protocol::Router {
+    iroh::protocol::Router::builder(hub.endpoint.clone())
         .accept(SYNC_ALPN, SyncProtocol(hub.clone()))
         .accept(JOIN_ALPN, JoinProtocol(hub.clone()))
-        .accept(iroh_gossip::ALPN, gossip)
+        .accept(iroh_gossip::ALPN, hub.gossip.clone())
         .accept(
             iroh_blobs::ALPN,
-            iroh_blobs::BlobsProtocol::new(&blobs, Some(blob_gate::spawn(hub.clone()))),
+            iroh_blobs::BlobsProtocol::new(&hub.blobs, Some(blob_gate::spawn(hub.clone()))),
         )
-        .spawn();
+        .spawn()
+}
+
+/// Discovery, redials of remembered peers, project topics and the
+/// node's watchers.
+async fn start_background(hub: &Arc<Hub>, opts: &UpOptions, secret: &[u8; 32]) {
     let bind = opts.bind.unwrap_or(DEFAULT_BIND);
     if discovery::wanted(bind, opts.no_discovery) {
         // Without discovery the node still syncs with the members it knows.
@@ -191,21 +221,30 @@ async fn serve(
         }
     }
     // After discovery starts: remembered peers also seed the address book.
-    redial_remembered(&hub).await;
-    gossip::join_all(&hub).await;
+    redial_remembered(hub).await;
+    gossip::join_all(hub).await;
     tokio::spawn(gossip::follow_changes(hub.clone()));
     tokio::spawn(hub.clone().measure_rate());
     tokio::spawn(watch_for_stalls());
-    let listener = bind_api(opts.api).await?;
+}
+
+/// Serves the local API until Ctrl-C, SIGTERM or a `stop` request; the
+/// node's info file tells the CLI where.
+async fn serve_api(
+    data_dir: &Path,
+    api: Option<SocketAddr>,
+    ctx: Arc<Mutex<Context>>,
+    hub: &Arc<Hub>,
+) -> Result<(), String> {
+    let listener = bind_api(api).await?;
     let api = listener.local_addr().map_err(|e| e.to_string())?;
-    let id = endpoint.id().to_string();
     let state = Arc::new(ApiState {
         ctx,
         token: info::new_token(),
-        id: id.clone(),
+        id: hub.me.clone(),
         data_dir: data_dir.to_path_buf(),
         api,
-        addresses: endpoint.bound_sockets(),
+        addresses: hub.endpoint.bound_sockets(),
         started: Instant::now(),
         shutting_down: Arc::new(AtomicBool::new(false)),
         stopping: tokio::sync::watch::channel(false).0,
@@ -216,28 +255,21 @@ async fn serve(
         pid: std::process::id(),
         api,
         token: state.token.clone(),
-        id: id.clone(),
+        id: hub.me.clone(),
         started_ms: crate::request::now_ms(),
     };
     info::write(data_dir, &node)
         .map_err(|e| format!("cannot write {}: {e}", info::path(data_dir).display()))?;
     announce(&state);
     let (stop, stopping) = (state.shutting_down.clone(), state.stopping.clone());
-    let served = axum::serve(listener, router(state.clone()))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             stop.store(true, Ordering::SeqCst);
             stopping.send_replace(true);
         })
-        .await;
-    tracing::info!("stopping: closing the endpoint");
-    // Shutting the router down also shuts the blob store (it serves it).
-    protocols.shutdown().await.map_err(|e| e.to_string())?;
-    hub.ctx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .forget_blobs();
-    served.map_err(|e| format!("API server: {e}"))
+        .await
+        .map_err(|e| format!("API server: {e}"))
 }
 
 fn announce(s: &ApiState) {
