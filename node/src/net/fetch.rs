@@ -6,12 +6,13 @@
 use std::sync::Arc;
 
 use iroh::EndpointId;
+use iroh::endpoint::Connection;
 use meshstudio_store::{Hash, keep_stem};
 use tokio_stream::StreamExt;
 
 use super::hub::Hub;
 use super::policy::stems_allowed;
-use super::rate_limit::{Way, peer_kbps};
+use super::rate_limit::{Pace, Way, peer_kbps};
 use crate::project::ProjectView;
 use crate::project::view::TrackView;
 
@@ -148,6 +149,20 @@ const FETCHES_AT_ONCE: usize = 4;
 /// (`in_priority`): stems the mix does not need start only once the ones
 /// it needs are here, so a slow link brings the audible song first.
 pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
+    fetch_round(hub, project, peer, None).await;
+}
+
+/// A joiner's first round: the stems come from the inviter over the join's
+/// own connection (`join.rs`), which closes when the round ends; a stem
+/// that fails there is fetched as usual.
+pub async fn fetch_joined(hub: Arc<Hub>, project: String, inviter: EndpointId, conn: Connection) {
+    fetch_round(hub, project, inviter, Some(conn.clone())).await;
+    conn.close(0u32.into(), b"joined");
+}
+
+/// One round of `fetch_missing`; `via`, an open connection to `peer`,
+/// carries the stems `peer` may send before the downloader is asked.
+async fn fetch_round(hub: Arc<Hub>, project: String, peer: EndpointId, via: Option<Connection>) {
     let p = project.clone();
     let wanted = hub.with_ctx(move |ctx| wanted(ctx, &p)).await;
     let heard: Vec<Hash> = wanted
@@ -187,8 +202,12 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
             continue;
         }
         let hub = hub.clone();
+        let via = via.clone().filter(|_| providers.contains(&peer));
         running.spawn(async move {
-            let result = fetch_one(&hub, hash, providers).await;
+            let result = match via {
+                Some(conn) => fetch_over(&hub, hash, peer, conn, providers).await,
+                None => fetch_one(&hub, hash, providers).await,
+            };
             match &result {
                 Ok(()) => tracing::info!(hash = %hash.fmt_short(), "stem received"),
                 Err(e) => {
@@ -275,11 +294,8 @@ async fn fetch_one(hub: &Hub, hash: Hash, providers: Vec<EndpointId>) -> Result<
             }
             Item::Progress(present) => {
                 let new = last.map_or(0, |l| present.saturating_sub(l));
-                hub.fetch_progress(hash, present, new);
                 last = Some(present);
-                for pace in hub.caps.download.iter().chain(provider_cap.as_deref()) {
-                    pace.take(new).await;
-                }
+                arrived(hub, hash, present, new, provider_cap.as_deref()).await;
             }
             Item::Error(e) => return Err(e.to_string()),
             Item::DownloadError => return Err("no provider could send it".into()),
@@ -287,6 +303,64 @@ async fn fetch_one(hub: &Hub, hash: Hash, providers: Vec<EndpointId>) -> Result<
         }
     }
     keep_stem(&hub.blobs, hash).await.map_err(|e| e.to_string())
+}
+
+/// Counts `new` bytes of `hash` (`present` in all) and holds the transfer
+/// for the node's download cap and the provider's.
+async fn arrived(hub: &Hub, hash: Hash, present: u64, new: u64, provider_cap: Option<&Pace>) {
+    hub.fetch_progress(hash, present, new);
+    for pace in hub.caps.download.iter().chain(provider_cap) {
+        pace.take(new).await;
+    }
+}
+
+/// Downloads `hash` from `provider` over `conn`, resuming from what is
+/// here; if that fails, `fetch_one` tries `providers` as usual.
+async fn fetch_over(
+    hub: &Hub,
+    hash: Hash,
+    provider: EndpointId,
+    conn: Connection,
+    providers: Vec<EndpointId>,
+) -> Result<(), String> {
+    match get_over(hub, hash, provider, conn).await {
+        Ok(()) => keep_stem(&hub.blobs, hash).await.map_err(|e| e.to_string()),
+        Err(e) => {
+            tracing::info!(hash = %hash.fmt_short(), error = %e, "stem fetch over the join's connection failed; trying again");
+            fetch_one(hub, hash, providers).await
+        }
+    }
+}
+
+async fn get_over(
+    hub: &Hub,
+    hash: Hash,
+    provider: EndpointId,
+    conn: Connection,
+) -> Result<(), String> {
+    use iroh_blobs::api::remote::GetProgressItem as Item;
+    let remote = hub.blobs.remote();
+    let here = remote
+        .local(hash)
+        .await
+        .map_err(|e| e.to_string())?
+        .local_bytes();
+    let provider_cap = hub.caps.of(Way::Down, &provider);
+    let mut items = std::pin::pin!(remote.fetch(conn, hash).stream());
+    // Progress is the payload bytes this request has read so far.
+    let mut read = 0;
+    while let Some(item) = items.next().await {
+        match item {
+            Item::Progress(total) => {
+                let new = total.saturating_sub(read);
+                read = total;
+                arrived(hub, hash, here + read, new, provider_cap.as_deref()).await;
+            }
+            Item::Done(_) => return Ok(()),
+            Item::Error(e) => return Err(e.to_string()),
+        }
+    }
+    Err("the transfer ended without a result".into())
 }
 
 #[cfg(test)]

@@ -199,14 +199,16 @@ async fn start_network(
 
 /// One handler per ALPN on the node's router.
 fn mount(hub: &Arc<Hub>) -> iroh::protocol::Router {
+    let blobs = iroh_blobs::BlobsProtocol::new(&hub.blobs, Some(blob_gate::spawn(hub.clone())));
+    let join = JoinProtocol {
+        hub: hub.clone(),
+        blobs: blobs.clone(),
+    };
     iroh::protocol::Router::builder(hub.endpoint.clone())
         .accept(SYNC_ALPN, SyncProtocol(hub.clone()))
-        .accept(JOIN_ALPN, JoinProtocol(hub.clone()))
+        .accept(JOIN_ALPN, join)
         .accept(iroh_gossip::ALPN, hub.gossip.clone())
-        .accept(
-            iroh_blobs::ALPN,
-            iroh_blobs::BlobsProtocol::new(&hub.blobs, Some(blob_gate::spawn(hub.clone()))),
-        )
+        .accept(iroh_blobs::ALPN, blobs)
         .spawn()
 }
 

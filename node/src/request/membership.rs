@@ -41,7 +41,7 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
         )));
     }
     let me = ctx.node_id()?;
-    let state = net
+    let (state, conn) = net
         .runtime
         .block_on(join::ask(&net.endpoint, &ticket, &me, our_relay(&net)))
         .map_err(RequestError::Invalid)?;
@@ -58,16 +58,18 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
             Some(relay) => addr.with_relay_url(relay),
             None => addr,
         });
-        // The stems start now, from the inviter, with the state just
-        // joined: no waiting for the sync session's round trips (on a
-        // 300 ms link, about a second). Only if the stems policy lets them
+        // The stems start now, from the inviter, over the join's own
+        // connection, with the state just joined: no new handshake and no
+        // waiting for the sync session's round trips (on a 300 ms link,
+        // about a second). Only if the stems policy lets them
         // over any link: how this one runs (relayed? LAN?) is known once
         // the session is up, and then that session fetches them.
         if stems_allowed(ctx, &ticket.inviter, Some("remote")) {
-            net.runtime.spawn(fetch::fetch_missing(
+            net.runtime.spawn(fetch::fetch_joined(
                 hub.clone(),
                 ticket.project.clone(),
                 inviter,
+                conn,
             ));
         }
         let secret = ticket.secret_bytes();
