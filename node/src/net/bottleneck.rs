@@ -48,12 +48,14 @@ const BETA: f64 = 0.85;
 /// Rounds after a cut in which congestion does not cut again.
 const CUT_SPACING_ROUNDS: u64 = 3;
 /// Windows in packets: at the start and at least. RFC 9002 suggests 10 at
-/// the start; 32 (what Google's QUIC ran with) fills a 300 ms, 1 Mbit/s
-/// path in the first round trip and a 150 ms, 10 Mbit/s one a round
-/// sooner. The first window is paced over the handshake's round trip, so
-/// it queues little (`scripts/bench/sync` profile A: 1.11x ideal in 3 of 3
-/// runs against 1.13x; profile B unchanged at 1.18x).
-const INITIAL_PACKETS: u64 = 32;
+/// the start; 48 fills a 300 ms, 1 Mbit/s path in the first round trip
+/// and a 150 ms, 10 Mbit/s one two rounds sooner. The first window is
+/// paced over the handshake's round trip, so it queues little. Measured
+/// with `scripts/bench/sync` (medians of 3): profile A 1.13x ideal at 10
+/// packets, 1.10x at 48, 1.094x at 64; profile B 1.16–1.17x up to 48, but
+/// 1.19x at 64 (the first round overflowed the slow link's queue: drops
+/// there doubled).
+const INITIAL_PACKETS: u64 = 48;
 const MIN_PACKETS: u64 = 4;
 /// Extra window for the packets an ack batch releases at once.
 const QUANTUM_PACKETS: u64 = 3;
