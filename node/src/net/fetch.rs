@@ -206,10 +206,12 @@ async fn fetch_round(hub: Arc<Hub>, project: String, peer: EndpointId, via: Opti
         running.spawn(async move {
             let result = match via {
                 Some(conn) => fetch_over(&hub, hash, peer, conn, providers).await,
-                None => fetch_one(&hub, hash, providers).await,
+                None => fetch_one(&hub, hash, providers)
+                    .await
+                    .map(|()| Via::Downloader),
             };
             match &result {
-                Ok(()) => tracing::info!(hash = %hash.fmt_short(), "stem received"),
+                Ok(via) => tracing::info!(hash = %hash.fmt_short(), ?via, "stem received"),
                 Err(e) => {
                     tracing::warn!(%peer, hash = %hash.fmt_short(), error = %e, "stem fetch failed")
                 }
@@ -314,6 +316,14 @@ async fn arrived(hub: &Hub, hash: Hash, present: u64, new: u64, provider_cap: Op
     }
 }
 
+/// How a stem came (logged: the tests check that a joiner's stems use
+/// the join's connection).
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    JoinConnection,
+    Downloader,
+}
+
 /// Downloads `hash` from `provider` over `conn`, resuming from what is
 /// here; if that fails, `fetch_one` tries `providers` as usual.
 async fn fetch_over(
@@ -322,12 +332,17 @@ async fn fetch_over(
     provider: EndpointId,
     conn: Connection,
     providers: Vec<EndpointId>,
-) -> Result<(), String> {
+) -> Result<Via, String> {
     match get_over(hub, hash, provider, conn).await {
-        Ok(()) => keep_stem(&hub.blobs, hash).await.map_err(|e| e.to_string()),
+        Ok(()) => keep_stem(&hub.blobs, hash)
+            .await
+            .map(|()| Via::JoinConnection)
+            .map_err(|e| e.to_string()),
         Err(e) => {
             tracing::info!(hash = %hash.fmt_short(), error = %e, "stem fetch over the join's connection failed; trying again");
-            fetch_one(hub, hash, providers).await
+            fetch_one(hub, hash, providers)
+                .await
+                .map(|()| Via::Downloader)
         }
     }
 }
