@@ -178,6 +178,10 @@ pub struct Bottleneck {
     full_bw: f64,
     full_rounds: u32,
     in_flight: u64,
+    /// The next packet number, and the first one sent after start-up
+    /// ended (start-up's overshoot is among the packets before it).
+    next_pn: u64,
+    startup_end: Option<u64>,
 }
 
 impl Bottleneck {
@@ -205,6 +209,8 @@ impl Bottleneck {
             full_bw: 0.0,
             full_rounds: 0,
             in_flight: 0,
+            next_pn: 0,
+            startup_end: None,
         }
     }
 
@@ -307,7 +313,7 @@ impl Bottleneck {
             } else {
                 self.full_rounds += 1;
                 if self.full_rounds >= STARTUP_FULL_ROUNDS {
-                    self.phase = Phase::Drain;
+                    self.end_startup();
                 }
             }
         }
@@ -315,10 +321,11 @@ impl Bottleneck {
 
     /// Losses above noise, or ECN marks, in the round that just ended.
     fn on_congested_round(&mut self) {
-        if matches!(self.phase, Phase::Startup | Phase::Drain) {
-            // The queue overflowed: the pipe is full, the estimate is right
-            // (start-up's overshoot is declared lost over a round or two).
-            self.phase = Phase::Drain;
+        if self.phase == Phase::Startup {
+            // The queue overflowed: the pipe is full, the estimate is right.
+            self.end_startup();
+        }
+        if self.phase == Phase::Drain {
             return;
         }
         let spaced = self
@@ -367,8 +374,26 @@ impl Bottleneck {
         self.congested = true;
     }
 
+    fn end_startup(&mut self) {
+        self.phase = Phase::Drain;
+        self.startup_end = Some(self.next_pn);
+    }
+
+    /// The first packet number sent after start-up ended (none while it runs).
+    pub fn startup_end(&self) -> Option<u64> {
+        self.startup_end.filter(|_| self.phase != Phase::Startup)
+    }
+
+    /// Whether packet `pn` left while starting up and start-up is over:
+    /// its loss may be start-up's overshoot (the queue it overfilled),
+    /// declared a round or more later, when start-up's end acted on it.
+    pub fn overshoot(&self, pn: u64) -> bool {
+        self.startup_end().is_some_and(|end| pn < end)
+    }
+
     /// Every packet of a stretch lost (the path was gone): start over.
     pub fn restart(&mut self) {
+        self.startup_end = None;
         self.bw = MaxFilter::default();
         self.phase = Phase::Startup;
         (self.full_bw, self.full_rounds) = (0.0, 0);
@@ -450,7 +475,8 @@ impl Bottleneck {
 /// noq's view. Every loss it is told of is congestion: `LossTolerant`
 /// in `congestion.rs` passes on only losses above what noise explains.
 impl Controller for Bottleneck {
-    fn on_packet_sent(&mut self, now: Instant, bytes: u16, _pn: u64) {
+    fn on_packet_sent(&mut self, now: Instant, bytes: u16, pn: u64) {
+        self.next_pn = self.next_pn.max(pn + 1);
         self.sent(now, u64::from(bytes));
     }
 
@@ -674,6 +700,24 @@ mod tests {
         let out = link.run(&mut c, t0, 4);
         assert!(out.per_second[2] > 0.95 * link.rate, "{:?}", out.per_second);
         assert!(matches!(c.phase, Phase::Cruise { .. }), "{:?}", c.phase);
+    }
+
+    #[test]
+    fn start_ups_packets_are_told_apart_once_it_ended() {
+        let mut link = profile_a(0.0);
+        let t0 = Instant::now();
+        let mut c = Bottleneck::new(t0, MTU as u16);
+        Controller::on_packet_sent(&mut c, t0, MTU as u16, 0);
+        assert!(!c.overshoot(0), "still starting up: a loss is news");
+        assert_eq!(c.startup_end(), None);
+        link.run(&mut c, t0, 4);
+        assert!(matches!(c.phase, Phase::Cruise { .. }), "{:?}", c.phase);
+        assert_eq!(c.startup_end(), Some(1));
+        assert!(c.overshoot(0));
+        Controller::on_packet_sent(&mut c, t0, MTU as u16, 1);
+        assert!(!c.overshoot(1), "sent after start-up");
+        c.restart();
+        assert!(!c.overshoot(0), "a new start-up");
     }
 
     #[test]

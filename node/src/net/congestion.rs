@@ -63,6 +63,7 @@ impl ControllerFactory for Factory {
             short: self.short.clone().build(now, current_mtu),
             min_rtt: Duration::MAX,
             losses: LossRate::default(),
+            startup_end: None,
             share: self.cap.as_ref().map(Share::of),
             slack: PacerSlack::default(),
         })
@@ -108,6 +109,8 @@ struct LossTolerant {
     short: Box<dyn Controller>,
     min_rtt: Duration,
     losses: LossRate,
+    /// `Bottleneck::startup_end` when last looked at.
+    startup_end: Option<u64>,
     /// Its place under the node's upload cap, if any.
     share: Option<Share>,
     /// What noq's pacer loses at low rates, made up for.
@@ -127,6 +130,19 @@ impl LossTolerant {
         }
         let rate = self.inner.pacing_rate()?;
         Some(lossless(rate, self.losses.noise()))
+    }
+
+    /// When `Bottleneck`'s start-up ends, the loss rate starts afresh: the
+    /// queue start-up overfilled is not noise, and kept in the rate it
+    /// made random losses look like congestion for the next several
+    /// seconds (profile B of `scripts/bench/sync`: three cuts to 0.85 in
+    /// the 3 s after start-up, the link 15–25 % idle meanwhile).
+    fn note_startup_end(&mut self) {
+        let end = self.inner.startup_end();
+        if end != self.startup_end {
+            self.startup_end = end;
+            self.losses = LossRate::default();
+        }
     }
 
     fn both(&mut self, mut event: impl FnMut(&mut dyn Controller)) {
@@ -178,6 +194,7 @@ impl Controller for LossTolerant {
             self.slack.held();
         }
         self.both(|c| c.on_end_acks(now, in_flight, app_limited, largest));
+        self.note_startup_end();
     }
 
     fn on_congestion_event(
@@ -198,7 +215,10 @@ impl Controller for LossTolerant {
     }
 
     fn on_packet_lost(&mut self, lost_bytes: u16, pn: u64, now: Instant) {
-        if self.losses.lost() {
+        self.note_startup_end();
+        // Start-up's overshoot ended start-up already; counted again (in
+        // the loss rate, or as congestion) it would cut the estimate.
+        if !self.inner.overshoot(pn) && self.losses.lost() {
             self.inner.on_packet_lost(lost_bytes, pn, now);
         }
         self.short.on_packet_lost(lost_bytes, pn, now);
@@ -246,6 +266,7 @@ impl Controller for LossTolerant {
             short: self.short.clone_box(),
             min_rtt: self.min_rtt,
             losses: self.losses,
+            startup_end: self.startup_end,
             share: self.share.clone(),
             slack: self.slack,
         })
