@@ -29,6 +29,11 @@ use crate::request::{Context, now_ms, project_secret};
 struct JoinAsk {
     project: String,
     proof: String,
+    /// The pace the joiner's download caps allow from the inviter (kbit/s):
+    /// the first stems come over this connection, before any sync hello
+    /// could ask for it.
+    #[serde(default)]
+    pace_kbps: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,7 +60,14 @@ impl ProtocolHandler for JoinProtocol {
             .map_err(AcceptError::from_err)?
             .and_then(|f| serde_json::from_slice::<JoinAsk>(&f).ok());
         let (answer, state) = match ask {
-            Some(ask) => admit(&self.hub, &peer, ask).await,
+            Some(ask) => {
+                let pace = ask.pace_kbps;
+                let admitted = admit(&self.hub, &peer, ask).await;
+                if admitted.0.ok {
+                    self.hub.caps.asked(&peer, pace);
+                }
+                admitted
+            }
             None => (refusal("malformed join request"), Vec::new()),
         };
         tracing::info!(%peer, ok = answer.ok, "join request");
@@ -147,15 +159,27 @@ fn add_and_share(
     Ok(p.full_state())
 }
 
+/// How the joiner reaches and asks the inviter.
+pub struct Asking<'a> {
+    pub me: &'a str,
+    pub our_relay: Option<iroh::RelayUrl>,
+    /// The pace to ask for (`Caps::pace_to_ask`).
+    pub pace_kbps: Option<u32>,
+}
+
 /// The joiner's side: asks the inviter, checks its proof, returns the
 /// project state and the open connection (for the first stems; closing it
 /// ends the join). Writes nothing.
 pub async fn ask(
     endpoint: &iroh::Endpoint,
     ticket: &Ticket,
-    me: &str,
-    our_relay: Option<iroh::RelayUrl>,
+    asking: Asking<'_>,
 ) -> Result<(Vec<u8>, Connection), String> {
+    let Asking {
+        me,
+        our_relay,
+        pace_kbps,
+    } = asking;
     let inviter: iroh::EndpointId = ticket
         .inviter
         .parse()
@@ -175,6 +199,7 @@ pub async fn ask(
     let ask = serde_json::to_vec(&JoinAsk {
         project: ticket.project.clone(),
         proof,
+        pace_kbps,
     })
     .expect("json");
     frame::write(&mut send, &ask)

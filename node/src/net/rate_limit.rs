@@ -199,6 +199,12 @@ impl Caps {
         self.download.as_ref().map(|p| p.kbps() as u32)
     }
 
+    /// The pace to ask a peer for: the lower of `own` (this node's cap on
+    /// that peer) and the node-wide download cap.
+    pub fn pace_to_ask(&self, own: Option<u32>) -> Option<u32> {
+        own.into_iter().chain(self.download_kbps()).min()
+    }
+
     /// The QUIC receive windows a node-wide download cap needs (bytes): a
     /// sender may run only this far ahead of what the node reads.
     pub fn download_window(&self) -> Option<u64> {

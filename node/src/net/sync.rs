@@ -134,7 +134,7 @@ async fn send_hello(
     let hello = serde_json::to_vec(&Hello {
         project: project.into(),
         proof,
-        pace_kbps: own.into_iter().chain(hub.caps.download_kbps()).min(),
+        pace_kbps: hub.caps.pace_to_ask(own),
     })
     .expect("json");
     Ok(frame::write(send, &wire::frame(HELLO, &hello)).await?)

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use super::{Context, ProjectRecord, RequestError, Result, now_ms, project_secret, resolve};
 use crate::net::hub::member_union;
 use crate::net::policy::stems_allowed;
+use crate::net::rate_limit::{Way, peer_kbps};
 use crate::net::ticket::Ticket;
 use crate::net::{fetch, gossip, join, peers, wire};
 use crate::project::ProjectDoc;
@@ -41,9 +42,17 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
         )));
     }
     let me = ctx.node_id()?;
+    let asking = join::Asking {
+        me: &me,
+        our_relay: our_relay(&net),
+        pace_kbps: net.hub.upgrade().and_then(|hub| {
+            hub.caps
+                .pace_to_ask(peer_kbps(ctx, Way::Down, &ticket.inviter))
+        }),
+    };
     let (state, conn) = net
         .runtime
-        .block_on(join::ask(&net.endpoint, &ticket, &me, our_relay(&net)))
+        .block_on(join::ask(&net.endpoint, &ticket, asking))
         .map_err(RequestError::Invalid)?;
     wire::decode_update(&state)
         .map_err(|e| RequestError::Invalid(format!("the inviter sent {e}")))?;
