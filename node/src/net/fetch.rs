@@ -347,6 +347,8 @@ async fn fetch_over(
     }
 }
 
+/// One request for `hash` over `conn`, counted and paced as the
+/// downloader's progress is.
 async fn get_over(
     hub: &Hub,
     hash: Hash,
