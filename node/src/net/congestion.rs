@@ -160,7 +160,7 @@ impl Controller for LossTolerant {
         self.losses.sent();
         self.slack.sent(now, bytes, self.long_path_rate());
         if let Some(share) = &mut self.share {
-            share.sent(now);
+            share.sent(now, u64::from(bytes));
         }
         self.both(|c| c.on_packet_sent(now, bytes, pn));
     }
