@@ -379,9 +379,10 @@ impl Bottleneck {
         self.startup_end = Some(self.next_pn);
     }
 
-    /// The first packet number sent after start-up ended (none while it runs).
+    /// The first packet number sent after start-up ended (none while it
+    /// runs: `restart` clears it).
     pub fn startup_end(&self) -> Option<u64> {
-        self.startup_end.filter(|_| self.phase != Phase::Startup)
+        self.startup_end
     }
 
     /// Whether packet `pn` left while starting up and start-up is over:

@@ -136,7 +136,8 @@ impl LossTolerant {
     /// queue start-up overfilled is not noise, and kept in the rate it
     /// made random losses look like congestion for the next several
     /// seconds (profile B of `scripts/bench/sync`: three cuts to 0.85 in
-    /// the 3 s after start-up, the link 15–25 % idle meanwhile).
+    /// the 3 s after start-up, the link 15–25 % idle meanwhile). Called
+    /// after each ack batch: start-up ends in one.
     fn note_startup_end(&mut self) {
         let end = self.inner.startup_end();
         if end != self.startup_end {
@@ -215,7 +216,6 @@ impl Controller for LossTolerant {
     }
 
     fn on_packet_lost(&mut self, lost_bytes: u16, pn: u64, now: Instant) {
-        self.note_startup_end();
         // Start-up's overshoot ended start-up already; counted again (in
         // the loss rate, or as congestion) it would cut the estimate.
         if !self.inner.overshoot(pn) && self.losses.lost() {

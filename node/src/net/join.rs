@@ -59,15 +59,9 @@ impl ProtocolHandler for JoinProtocol {
             .await
             .map_err(AcceptError::from_err)?
             .and_then(|f| serde_json::from_slice::<JoinAsk>(&f).ok());
+        let pace = ask.as_ref().and_then(|a| a.pace_kbps);
         let (answer, state) = match ask {
-            Some(ask) => {
-                let pace = ask.pace_kbps;
-                let admitted = admit(&self.hub, &peer, ask).await;
-                if admitted.0.ok {
-                    self.hub.caps.asked(&peer, pace);
-                }
-                admitted
-            }
+            Some(ask) => admit(&self.hub, &peer, ask).await,
             None => (refusal("malformed join request"), Vec::new()),
         };
         tracing::info!(%peer, ok = answer.ok, "join request");
@@ -80,6 +74,8 @@ impl ProtocolHandler for JoinProtocol {
             .map_err(AcceptError::from_err)?;
         send.finish().map_err(AcceptError::from_err)?;
         if answer.ok {
+            // Before the joiner can ask for a stem: it needs the state first.
+            self.hub.caps.asked(&peer, pace);
             return self.blobs.accept(conn).await;
         }
         conn.closed().await;
@@ -159,27 +155,17 @@ fn add_and_share(
     Ok(p.full_state())
 }
 
-/// How the joiner reaches and asks the inviter.
-pub struct Asking<'a> {
-    pub me: &'a str,
-    pub our_relay: Option<iroh::RelayUrl>,
-    /// The pace to ask for (`Caps::pace_to_ask`).
-    pub pace_kbps: Option<u32>,
-}
-
-/// The joiner's side: asks the inviter, checks its proof, returns the
+/// The joiner's side: asks the inviter (for the stems, at most
+/// `pace_kbps`: `Caps::pace_to_ask`), checks its proof, returns the
 /// project state and the open connection (for the first stems; closing it
 /// ends the join). Writes nothing.
 pub async fn ask(
     endpoint: &iroh::Endpoint,
     ticket: &Ticket,
-    asking: Asking<'_>,
+    me: &str,
+    our_relay: Option<iroh::RelayUrl>,
+    pace_kbps: Option<u32>,
 ) -> Result<(Vec<u8>, Connection), String> {
-    let Asking {
-        me,
-        our_relay,
-        pace_kbps,
-    } = asking;
     let inviter: iroh::EndpointId = ticket
         .inviter
         .parse()

@@ -42,17 +42,14 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
         )));
     }
     let me = ctx.node_id()?;
-    let asking = join::Asking {
-        me: &me,
-        our_relay: our_relay(&net),
-        pace_kbps: net.hub.upgrade().and_then(|hub| {
-            hub.caps
-                .pace_to_ask(peer_kbps(ctx, Way::Down, &ticket.inviter))
-        }),
-    };
+    let pace = net.hub.upgrade().and_then(|hub| {
+        hub.caps
+            .pace_to_ask(peer_kbps(ctx, Way::Down, &ticket.inviter))
+    });
+    let asking = join::ask(&net.endpoint, &ticket, &me, our_relay(&net), pace);
     let (state, conn) = net
         .runtime
-        .block_on(join::ask(&net.endpoint, &ticket, asking))
+        .block_on(asking)
         .map_err(RequestError::Invalid)?;
     wire::decode_update(&state)
         .map_err(|e| RequestError::Invalid(format!("the inviter sent {e}")))?;
