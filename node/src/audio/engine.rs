@@ -14,7 +14,6 @@
 
 pub mod device;
 mod files;
-mod priority;
 pub mod rt;
 
 use std::path::PathBuf;
@@ -242,8 +241,6 @@ impl Drop for Published {
 /// Runs a session until its end; `observer.cancelled()` stops it as the
 /// user's Ctrl-C: gracefully, keeping the take.
 pub fn run(session: Session<'_>, observer: &dyn Observer) -> Result<Outcome, EngineError> {
-    // Every thread of the session is started below, and inherits this.
-    let _priority = priority::Raised::new();
     let sides = open_sides(&session)?;
     let Session {
         feed,
