@@ -766,71 +766,74 @@ mod tests {
         }
     }
 
+    /// A playback side that only monitors, its monitor ring holding `room`
+    /// frames: the input's end of that ring, the side, its counters.
+    fn monitor_only(room: usize) -> (Producer<f32>, Playback, Arc<Shared>) {
+        let shared = Arc::new(Shared::default());
+        let (tx, mrx) = rtrb::RingBuffer::new(room * CHANNELS);
+        let (_, ring) = rtrb::RingBuffer::<f32>::new(16);
+        let play = playback(ring, Some(mrx), 2, &shared);
+        (tx, play, shared)
+    }
+
+    /// One output callback of `frames` stereo frames: what it heard.
+    fn monitor_callback(play: &mut Playback, frames: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; frames * CHANNELS];
+        play.mix_monitor(&mut out, CHANNELS, frames);
+        out
+    }
+
+    fn short_frames(shared: &Shared) -> usize {
+        shared.monitor_short_frames.load(Ordering::Relaxed) as usize
+    }
+
     #[test]
     fn the_monitor_plays_a_burst_whole_and_counts_what_came_late() {
         const N: usize = 256;
-        let shared = Arc::new(Shared::default());
-        let (mut tx, mrx) = rtrb::RingBuffer::new(16 * N * CHANNELS);
-        let (_, ring) = rtrb::RingBuffer::<f32>::new(16);
-        let mut play = playback(ring, Some(mrx), 2, &shared);
+        let (mut tx, mut play, shared) = monitor_only(16 * N);
         // Before the input runs, the output finding nothing is no gap.
-        let mut out = vec![0.0f32; N * CHANNELS];
-        play.mix_monitor(&mut out, CHANNELS, N);
-        assert_eq!(shared.monitor_short_frames.load(Ordering::Relaxed), 0);
+        monitor_callback(&mut play, N);
+        assert_eq!(short_frames(&shared), 0);
         // A block of three callbacks arrives at once: all of it plays, in order.
         push_frames(&mut tx, 1, 3 * N);
         for k in 0..3 {
-            let mut out = vec![0.0f32; N * CHANNELS];
-            play.mix_monitor(&mut out, CHANNELS, N);
-            assert_eq!(out[0], (k * N + 1) as f32);
+            assert_eq!(monitor_callback(&mut play, N)[0], (k * N + 1) as f32);
         }
         // Nothing left, one asked for: silence, counted.
-        let mut out = vec![0.0f32; N * CHANNELS];
-        play.mix_monitor(&mut out, CHANNELS, N);
-        assert_eq!(out[0], 0.0);
-        let short = shared.monitor_short_frames.load(Ordering::Relaxed);
-        assert_eq!(short as usize, N);
+        assert_eq!(monitor_callback(&mut play, N)[0], 0.0);
+        assert_eq!(short_frames(&shared), N);
     }
 
     #[test]
     fn the_monitor_drops_what_a_whole_watch_never_needed() {
         const N: usize = 240;
-        let shared = Arc::new(Shared::default());
-        let (mut tx, mrx) = rtrb::RingBuffer::new(64 * N * CHANNELS);
-        let (_, ring) = rtrb::RingBuffer::<f32>::new(16);
-        let mut play = playback(ring, Some(mrx), 2, &shared);
+        const ROOM: usize = 64 * N;
+        let (mut tx, mut play, shared) = monitor_only(ROOM);
+        let waiting = |tx: &Producer<f32>| ROOM - tx.slots() / CHANNELS;
         // Three callbacks always waiting beyond the one being played.
         push_frames(&mut tx, 0, 3 * N);
         let mut next = 3 * N;
-        let mut out = vec![0.0f32; N * CHANNELS];
         for _ in 0..MONITOR_WATCH_FRAMES / N {
             push_frames(&mut tx, next, N);
             next += N;
-            play.mix_monitor(&mut out, CHANNELS, N);
+            monitor_callback(&mut play, N);
         }
-        assert_eq!(tx.slots(), 64 * N * CHANNELS - 3 * N * CHANNELS);
+        assert_eq!(waiting(&tx), 3 * N);
         // The watch is over: all but one callback of the three go.
         push_frames(&mut tx, next, N);
         next += N;
-        let mut out = vec![0.0f32; N * CHANNELS];
-        play.mix_monitor(&mut out, CHANNELS, N);
-        let waiting = (64 * N * CHANNELS - tx.slots()) / CHANNELS;
-        assert_eq!(waiting, N);
+        let out = monitor_callback(&mut play, N);
+        assert_eq!(waiting(&tx), N);
         assert_eq!(out[0], (next - 2 * N) as f32);
-        assert_eq!(shared.monitor_short_frames.load(Ordering::Relaxed), 0);
+        assert_eq!(short_frames(&shared), 0);
     }
 
     #[test]
     fn the_monitor_drops_a_pile_up_at_once() {
         const N: usize = 128;
-        let shared = Arc::new(Shared::default());
-        let (mut tx, mrx) = rtrb::RingBuffer::new(32 * N * CHANNELS);
-        let (_, ring) = rtrb::RingBuffer::<f32>::new(16);
-        let mut play = playback(ring, Some(mrx), 2, &shared);
+        let (mut tx, mut play, _) = monitor_only(32 * N);
         push_frames(&mut tx, 0, 10 * N);
-        let mut out = vec![0.0f32; N * CHANNELS];
-        play.mix_monitor(&mut out, CHANNELS, N);
-        assert_eq!(out[0], (2 * N) as f32);
+        assert_eq!(monitor_callback(&mut play, N)[0], (2 * N) as f32);
     }
 
     #[test]
