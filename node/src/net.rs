@@ -25,7 +25,7 @@ pub mod sync;
 pub mod ticket;
 pub mod upload_cap;
 pub mod wait;
-pub use meshstudio_node::{notice, wire};
+pub use meshstudio_node::{notice, transport, wire};
 
 /// Joining a project with an invite ticket.
 pub const JOIN_ALPN: &[u8] = b"meshstudio/join/1";

@@ -5,7 +5,10 @@ imports ~SIZE_MB of stems (pink noise at 512 kbit/s); B joins and waits
 until every stem is here (`sync --wait`): ours = bytes / that time. In the
 same run `python3 -m http.server` serves the very same stem files and curl
 downloads them to disk: curl = bytes / its time. Prints both and the ratio
-(goal: ours >= 0.8x curl's throughput).
+(goal: ours >= 0.8x curl's throughput). Then the transport alone: one
+iroh QUIC stream of the same size between two processes with the node's
+settings and nothing stored (node/examples/quic_ceiling.rs), so what QUIC
+costs on this machine and what the node adds show apart.
 """
 
 import glob
@@ -88,6 +91,9 @@ def main():
         ours = time.perf_counter() - t0
         curl = curl_time(files, os.path.join(mesh.work, "curl"))
     ours_mbs, curl_mbs = total / ours / 1e6, total / curl / 1e6
+    ceiling = subprocess.run([sys.argv[2], str(total)], check=True, capture_output=True, text=True).stdout.strip()
+    ceiling_mbs = float(ceiling.split()[0])
+    print(f"transport alone (one iroh stream, nothing stored): {ceiling}: {ceiling_mbs / curl_mbs:.2f}x curl's")
     print(f"meshstudio {ours:.2f} s ({ours_mbs:.0f} MB/s), curl from http.server {curl:.2f} s ({curl_mbs:.0f} MB/s): "
           f"{ours_mbs / curl_mbs:.2f}x curl's throughput (goal >= 0.8x)")
 

@@ -54,9 +54,7 @@ pub fn spawn(hub: Arc<Hub>) -> EventSender {
                 // not wait behind it.
                 ProviderMessage::GetRequestReceived(m) => {
                     let peer = peers.get(&m.inner.connection_id).copied();
-                    let hub = hub.clone();
-                    tokio::spawn(async move {
-                        let verdict = judge(&hub, peer, m.inner.request.hash).await;
+                    judge_apart(&hub, peer, m.inner.request.hash, |verdict| async move {
                         m.tx.send(verdict).await.ok();
                     });
                 }
@@ -78,9 +76,7 @@ pub fn spawn(hub: Arc<Hub>) -> EventSender {
                 }
                 ProviderMessage::ObserveRequestReceived(m) => {
                     let peer = peers.get(&m.inner.connection_id).copied();
-                    let hub = hub.clone();
-                    tokio::spawn(async move {
-                        let verdict = judge(&hub, peer, m.inner.request.hash).await;
+                    judge_apart(&hub, peer, m.inner.request.hash, |verdict| async move {
                         m.tx.send(verdict).await.ok();
                     });
                 }
@@ -89,6 +85,19 @@ pub fn spawn(hub: Arc<Hub>) -> EventSender {
         }
     });
     sender
+}
+
+/// Judges a request on a task of its own and hands the verdict to `reply`.
+fn judge_apart<F>(
+    hub: &Arc<Hub>,
+    peer: Option<EndpointId>,
+    hash: Hash,
+    reply: impl FnOnce(Result<(), AbortReason>) -> F + Send + 'static,
+) where
+    F: Future<Output = ()> + Send,
+{
+    let hub = hub.clone();
+    tokio::spawn(async move { reply(judge(&hub, peer, hash).await).await });
 }
 
 async fn judge(hub: &Arc<Hub>, peer: Option<EndpointId>, hash: Hash) -> Result<(), AbortReason> {

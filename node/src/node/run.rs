@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use iroh::endpoint::{MtuDiscoveryConfig, QuicTransportConfig, VarInt, presets};
+use iroh::endpoint::presets;
 use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
 use iroh_blobs::api::downloader::Downloader;
 use meshstudio_store::{StoreError, init_identity};
@@ -29,19 +29,6 @@ pub const DEFAULT_API: SocketAddr =
 /// Where the endpoint listens unless `--bind` says otherwise: every
 /// interface, a port the OS picks.
 const DEFAULT_BIND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
-/// The QUIC datagram size a connection starts with (UDP payload bytes).
-const INITIAL_MTU: u16 = 1452;
-/// The round trip assumed before one is measured: a lost handshake packet
-/// is sent again after three times this. noq's 333 ms (RFC 9002's figure)
-/// made a join or a stem connection on a 300 ms link that lost one wait a
-/// whole second; at 100 ms such a link sends a few handshake packets twice
-/// (each a few hundred bytes) and a lost one costs 0.3 s.
-const INITIAL_RTT: Duration = Duration::from_millis(100);
-/// The largest one MTU discovery tries: all a 1500-byte IPv4 path carries
-/// (and the most iroh accepts). noq stops at 1452 by default, the IPv6
-/// figure; on IPv4 the extra 20 bytes are 1.4 % less framing per packet,
-/// and an IPv6 path loses one probe and stays at 1452.
-const MTU_UPPER_BOUND: u16 = 1472;
 /// Worker threads of the node's runtime (requests run on blocking threads).
 const RUNTIME_THREADS: usize = 2;
 
@@ -380,15 +367,6 @@ fn blob_downloader(blobs: &iroh_blobs::api::Store, endpoint: &Endpoint) -> Downl
         .build()
 }
 
-/// What a peer may send ahead of what we have read, per stream and per
-/// connection. A lost packet holds a stream's reading until it is resent
-/// (a round trip or more), and the node's own reading pauses now and then
-/// (a store write): at 1.25 MB (noq's default), a 10 Mbit/s, 150 ms link
-/// stalled for ~0.5 s a few times per 20 MB (the link emulator's timeline).
-/// Bounded per connection so a member cannot make us buffer much more.
-const STREAM_RECEIVE_WINDOW: u64 = 4 << 20;
-const RECEIVE_WINDOW: u64 = 16 << 20;
-
 async fn bind_endpoint(
     opts: &UpOptions,
     caps: &crate::net::rate_limit::Caps,
@@ -401,28 +379,8 @@ async fn bind_endpoint(
     };
     let relay_tls = super::relay::client_trust(opts.relay.as_ref());
     let bind = opts.bind.unwrap_or(DEFAULT_BIND);
-    // Start at the largest datagram MTU discovery would reach (1452 B of
-    // UDP payload fits every 1500-byte path, PPPoE's 1492 too) instead of
-    // 1200: ~4 % less framing on the wire from the first packet. A path
-    // that cannot carry it loses the packets, and black-hole detection
-    // falls back to 1200.
-    let mut mtu_discovery = MtuDiscoveryConfig::default();
-    mtu_discovery.upper_bound(MTU_UPPER_BOUND);
-    let mut transport = QuicTransportConfig::builder()
-        .initial_mtu(INITIAL_MTU)
-        .initial_rtt(INITIAL_RTT)
-        .mtu_discovery_config(Some(mtu_discovery))
-        .congestion_controller_factory(congestion_controller(opts.max_upload_kbps)?);
-    let (window, stream_window) = match caps.download_window() {
-        Some(window) => (window, window),
-        None => (RECEIVE_WINDOW, STREAM_RECEIVE_WINDOW),
-    };
-    let window = VarInt::from_u64(window).map_err(|e| e.to_string())?;
-    let stream_window = VarInt::from_u64(stream_window).map_err(|e| e.to_string())?;
-    transport = transport
-        .receive_window(window)
-        .stream_receive_window(stream_window);
-    let transport = transport.build();
+    let controller = congestion_controller(opts.max_upload_kbps)?;
+    let transport = crate::net::transport::config(controller, caps.download_window())?;
     Endpoint::builder(presets::Minimal)
         .transport_config(transport)
         .secret_key(SecretKey::from_bytes(secret))
