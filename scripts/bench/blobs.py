@@ -4,11 +4,12 @@ Started by scripts/bench/blobs (which builds the release binary). Node A
 imports ~SIZE_MB of stems (pink noise at 512 kbit/s); B joins and waits
 until every stem is here (`sync --wait`): ours = bytes / that time. In the
 same run `python3 -m http.server` serves the very same stem files and curl
-downloads them to disk: curl = bytes / its time. Prints both and the ratio
-(goal: ours >= 0.8x curl's throughput). Then the transport alone: one
-iroh QUIC stream of the same size between two processes with the node's
-settings and nothing stored (node/examples/quic_ceiling.rs), so what QUIC
-costs on this machine and what the node adds show apart.
+downloads them to disk: curl = bytes / its time. And the transport alone:
+one iroh QUIC stream of the same size between two processes with the
+node's settings and nothing stored (node/examples/quic_ceiling.rs), so
+what QUIC costs on this machine and what the node adds show apart. RUNS
+(3) rounds of the three, a fresh receiving node each round; prints the
+medians and the ratio (goal: ours >= 0.8x curl's throughput).
 """
 
 import glob
@@ -23,6 +24,8 @@ import urllib.request
 from meshnodes import Mesh
 
 SIZE_MB = float(os.environ.get("SIZE_MB", "200"))
+# Loopback on a shared machine varies by a third from run to run: medians.
+RUNS = int(os.environ.get("RUNS", "3"))
 FILES = 4
 # Pink noise encodes at about the target rate; a little extra makes sure.
 BITRATE_KBPS = 512
@@ -77,25 +80,47 @@ def curl_time(files, out_dir):
         server.wait()
 
 
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
+def fetch_time(mesh, name, ticket, project):
+    """Seconds a fresh node `name` takes from `join` until every stem is here."""
+    b, _ = mesh.start(name)
+    t0 = time.perf_counter()
+    mesh.cli(b, "join", ticket)
+    mesh.cli(b, "sync", project, "--wait", "--timeout", "900")
+    took = time.perf_counter() - t0
+    # Stopped, so the next receiver fetches from A alone, as this one did.
+    mesh.stop(b)
+    return took
+
+
+def ceiling_rate(binary, total):
+    out = subprocess.run([binary, str(total)], check=True, capture_output=True, text=True).stdout
+    return float(out.split()[0])
+
+
 def main():
     with Mesh(sys.argv[1], "blobs") as mesh:
         a, _ = mesh.start("a")
-        b, _ = mesh.start("b")
         project = mesh.share(a, "Bulk", [])
         files, total = make_stems(mesh, a, project)
-        print(f"{len(files)} stems, {total / 1e6:.1f} MB; B joins and fetches them ...")
+        print(f"{len(files)} stems, {total / 1e6:.1f} MB; {RUNS} runs of: a fresh node joins and fetches them, "
+              "curl fetches them, one iroh stream carries as many bytes ...")
         ticket = mesh.cli(a, "invite", project).strip().splitlines()[-1]
-        t0 = time.perf_counter()
-        mesh.cli(b, "join", ticket)
-        mesh.cli(b, "sync", project, "--wait", "--timeout", "900")
-        ours = time.perf_counter() - t0
-        curl = curl_time(files, os.path.join(mesh.work, "curl"))
-    ours_mbs, curl_mbs = total / ours / 1e6, total / curl / 1e6
-    ceiling = subprocess.run([sys.argv[2], str(total)], check=True, capture_output=True, text=True).stdout.strip()
-    ceiling_mbs = float(ceiling.split()[0])
-    print(f"transport alone (one iroh stream, nothing stored): {ceiling}: {ceiling_mbs / curl_mbs:.2f}x curl's")
-    print(f"meshstudio {ours:.2f} s ({ours_mbs:.0f} MB/s), curl from http.server {curl:.2f} s ({curl_mbs:.0f} MB/s): "
+        ours, curl, transport = [], [], []
+        for run in range(RUNS):
+            ours.append(total / fetch_time(mesh, f"b{run}", ticket, project) / 1e6)
+            curl.append(total / curl_time(files, os.path.join(mesh.work, f"curl{run}")) / 1e6)
+            transport.append(ceiling_rate(sys.argv[2], total))
+            print(f"  run {run + 1}: meshstudio {ours[-1]:.0f} MB/s, curl {curl[-1]:.0f} MB/s, "
+                  f"transport alone {transport[-1]:.0f} MB/s")
+    ours_mbs, curl_mbs, transport_mbs = median(ours), median(curl), median(transport)
+    print(f"medians: meshstudio {ours_mbs:.0f} MB/s, curl from http.server {curl_mbs:.0f} MB/s: "
           f"{ours_mbs / curl_mbs:.2f}x curl's throughput (goal >= 0.8x)")
+    print(f"transport alone (one iroh stream, the node's settings, nothing stored): {transport_mbs:.0f} MB/s = "
+          f"{transport_mbs / curl_mbs:.2f}x curl's")
 
 
 if __name__ == "__main__":

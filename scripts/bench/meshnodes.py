@@ -55,6 +55,13 @@ class Mesh:
             time.sleep(0.05)
         raise SystemExit(f"node in {data_dir} did not start")
 
+    def stop(self, data_dir):
+        """Stops (Ctrl-C) the node started on `data_dir`."""
+        for p in self.procs:
+            if p.args[2] == data_dir and p.poll() is None:
+                p.send_signal(2)
+                p.wait(20)
+
     def cli(self, data_dir, *args):
         out = subprocess.run(
             [self.binary, "--data-dir", data_dir, *args],
