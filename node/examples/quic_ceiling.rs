@@ -83,8 +83,25 @@ async fn fetch(bytes: u64) -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .spawn()?;
     let mut line = String::new();
-    let stdout = server.stdout.take().context("no stdout")?;
-    BufReader::new(stdout).read_line(&mut line)?;
+    if let Some(stdout) = server.stdout.take() {
+        BufReader::new(stdout).read_line(&mut line)?;
+    }
+    let outcome = receive(&line, bytes).await;
+    if outcome.is_err() {
+        // It would wait for a client forever.
+        server.kill().ok();
+    }
+    server.wait()?;
+    let secs = outcome?;
+    println!(
+        "{:.0} MB/s ({bytes} bytes in {secs:.2} s)",
+        bytes as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
+/// Fetches `bytes` from the server that printed `line`; the seconds taken.
+async fn receive(line: &str, bytes: u64) -> anyhow::Result<f64> {
     let (id, addr) = line
         .trim()
         .split_once(' ')
@@ -103,13 +120,8 @@ async fn fetch(bytes: u64) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     conn.close(0u32.into(), b"done");
     ep.close().await;
-    server.wait()?;
     if got != bytes {
         bail!("the stream ended after {got} of {bytes} bytes");
     }
-    println!(
-        "{:.0} MB/s ({bytes} bytes in {secs:.2} s)",
-        bytes as f64 / secs / 1e6
-    );
-    Ok(())
+    Ok(secs)
 }
