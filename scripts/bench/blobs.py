@@ -15,6 +15,7 @@ medians and the ratio (goal: ours >= 0.8x curl's throughput).
 import glob
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,7 +113,9 @@ def main():
         ours, curl, transport = [], [], []
         for run in range(RUNS):
             ours.append(total / fetch_time(mesh, f"b{run}", ticket, project) / 1e6)
-            curl.append(total / curl_time(files, os.path.join(mesh.work, f"curl{run}")) / 1e6)
+            fetched = os.path.join(mesh.work, f"curl{run}")
+            curl.append(total / curl_time(files, fetched) / 1e6)
+            shutil.rmtree(fetched)  # a round leaves no copy behind on disk
             transport.append(ceiling_rate(sys.argv[2], total))
             print(f"  run {run + 1}: meshstudio {ours[-1]:.0f} MB/s, curl {curl[-1]:.0f} MB/s, "
                   f"transport alone {transport[-1]:.0f} MB/s")
