@@ -11,14 +11,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use iroh::endpoint::presets;
 use iroh::{Endpoint, EndpointAddr, EndpointId};
-use noq_proto::congestion::CubicConfig;
 
 const ALPN: &[u8] = b"meshstudio/bench-stream/0";
 /// One write: iroh-blobs sends a 16 KiB chunk group at a time.
@@ -43,15 +40,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn endpoint(alpns: Vec<Vec<u8>>) -> anyhow::Result<Endpoint> {
-    let cubic = Arc::new(CubicConfig::default());
-    let transport = meshstudio_node::transport::config(cubic, None).map_err(anyhow::Error::msg)?;
-    Ok(Endpoint::builder(presets::Minimal)
-        .transport_config(transport)
-        .alpns(alpns)
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0")?
-        .bind()
-        .await?)
+    meshstudio_node::transport::loopback_endpoint(alpns)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 /// Prints its id and address, then sends as many bytes as the one client

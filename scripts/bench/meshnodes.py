@@ -19,6 +19,7 @@ class Mesh:
         self.binary = binary
         self.work = tempfile.mkdtemp(prefix=f"meshstudio-{prefix}.", dir="/var/tmp")
         self.procs = []
+        self.by_dir = {}
 
     def __enter__(self):
         return self
@@ -38,11 +39,13 @@ class Mesh:
         data_dir = os.path.join(self.work, name)
         os.makedirs(data_dir)
         log = open(os.path.join(data_dir, "up.log"), "w")
-        self.procs.append(subprocess.Popen(
+        proc = subprocess.Popen(
             [self.binary, "--data-dir", data_dir, "up", "--bind", "127.0.0.1:0", "--api", "127.0.0.1:0"],
             stdout=log,
             stderr=subprocess.STDOUT,
-        ))
+        )
+        self.procs.append(proc)
+        self.by_dir[data_dir] = proc
         info = os.path.join(data_dir, "node.json")
         deadline = time.time() + START_TIMEOUT
         while time.time() < deadline:
@@ -57,10 +60,10 @@ class Mesh:
 
     def stop(self, data_dir):
         """Stops (Ctrl-C) the node started on `data_dir`."""
-        for p in self.procs:
-            if p.args[2] == data_dir and p.poll() is None:
-                p.send_signal(2)
-                p.wait(20)
+        p = self.by_dir[data_dir]
+        if p.poll() is None:
+            p.send_signal(2)
+            p.wait(20)
 
     def cli(self, data_dir, *args):
         out = subprocess.run(

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use iroh::endpoint::{ControllerFactory, MtuDiscoveryConfig, QuicTransportConfig, VarInt};
+use iroh::Endpoint;
+use iroh::endpoint::{ControllerFactory, MtuDiscoveryConfig, QuicTransportConfig, VarInt, presets};
+use noq_proto::congestion::CubicConfig;
 
 /// The QUIC datagram size a connection starts with (UDP payload bytes):
 /// what fits every 1500-byte path, IPv6 and PPPoE's 1492 too, instead of
@@ -69,14 +71,28 @@ pub fn config(
         .build())
 }
 
+/// An endpoint on 127.0.0.1 with these settings and cubic (what the
+/// node's controller runs on a path this short), accepting `alpns`: the
+/// transport alone, for its test here and `examples/quic_ceiling.rs`.
+pub async fn loopback_endpoint(alpns: Vec<Vec<u8>>) -> Result<Endpoint, String> {
+    let transport = config(Arc::new(CubicConfig::default()), None)?;
+    Endpoint::builder(presets::Minimal)
+        .transport_config(transport)
+        .alpns(alpns)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")
+        .map_err(|e| e.to_string())?
+        .bind()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
     use bytes::Bytes;
-    use iroh::endpoint::presets;
-    use iroh::{Endpoint, EndpointAddr};
-    use noq_proto::congestion::CubicConfig;
+    use iroh::EndpointAddr;
 
     use super::*;
 
@@ -88,19 +104,6 @@ mod tests {
     const FILL_TIMEOUT: Duration = Duration::from_secs(20);
     const POLL: Duration = Duration::from_millis(5);
 
-    async fn endpoint(alpns: Vec<Vec<u8>>) -> Endpoint {
-        let transport = config(Arc::new(CubicConfig::default()), None).expect("valid config");
-        Endpoint::builder(presets::Minimal)
-            .transport_config(transport)
-            .alpns(alpns)
-            .clear_ip_transports()
-            .bind_addr("127.0.0.1:0")
-            .expect("an address")
-            .bind()
-            .await
-            .expect("bound")
-    }
-
     fn pattern(at: usize) -> u8 {
         (at % 251) as u8
     }
@@ -109,8 +112,8 @@ mod tests {
     /// window has arrived: the connection lives, every byte arrives.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_a_whole_window_behind_keeps_its_connection() {
-        let server = endpoint(vec![ALPN.to_vec()]).await;
-        let client = endpoint(Vec::new()).await;
+        let server = loopback_endpoint(vec![ALPN.to_vec()]).await.expect("bound");
+        let client = loopback_endpoint(Vec::new()).await.expect("bound");
         let at = *server.bound_sockets().first().expect("a socket");
         let addr = EndpointAddr::new(server.id()).with_ip_addr(at);
         let sender = tokio::spawn(async move {
