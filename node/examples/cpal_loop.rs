@@ -24,14 +24,21 @@ const RING: usize = RATE as usize * 2;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: cpal_loop FRAMES SECONDS [f32|i16]";
-    let frames: u32 = args.get(1).and_then(|a| a.parse().ok()).expect(usage);
-    let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).expect(usage);
+    let frames = args.get(1).and_then(|a| a.parse::<u32>().ok());
+    let seconds = args.get(2).and_then(|a| a.parse::<u64>().ok());
+    let (Some(frames), Some(seconds)) = (frames, seconds) else {
+        usage()
+    };
     match args.get(3).map(String::as_str) {
         Some("i16") => run::<i16>(frames, seconds),
         None | Some("f32") => run::<f32>(frames, seconds),
-        Some(_) => panic!("{usage}"),
+        Some(_) => usage(),
     }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: cpal_loop FRAMES SECONDS [f32|i16]");
+    std::process::exit(2)
 }
 
 /// Xruns of one stream: all of them, and those after STARTUP.

@@ -5,12 +5,16 @@ comes back once per trip around the loop: the echoes' onsets are spaced
 by exactly the loop's input→output latency. Prints the median spacing of
 the first echoes and their range, with the run's xrun figures.
 
-    echoes.py LABEL RECORDING XRUNS [DETAIL]
+    echoes.py LABEL RECORDING XRUNS [NOTE]
+    echoes.py LABEL RECORDING --engine RECORD.json
 
 RECORDING: a WAV (a take's mixdown) or raw s16le stereo at 48 kHz (parec).
+XRUNS: as the loop reported them; --engine: the figures `record --json`
+printed for the take.
 """
 
 import array
+import json
 import sys
 import wave
 
@@ -46,9 +50,22 @@ def onsets(x):
     return found
 
 
+def engine_figures(path):
+    """(xruns, the rest) from `record --json`'s output."""
+    with open(path) as f:
+        rec = json.load(f)
+    e = rec["engine"]
+    return e["xruns"], (f", underrun frames {e['underrun_frames']}, overrun frames {e['overrun_frames']}, "
+                        f"monitor frames late {e['monitor_short_frames']}, {rec['seconds']:.0f} s; "
+                        f"device latency in {e['input_latency_ms']:.1f} ms + out {e['output_latency_ms']:.1f} ms")
+
+
 def main():
-    label, path, xruns = sys.argv[1], sys.argv[2], sys.argv[3]
-    detail = sys.argv[4] if len(sys.argv) > 4 else ""
+    label, path = sys.argv[1], sys.argv[2]
+    if sys.argv[3] == "--engine":
+        xruns, detail = engine_figures(sys.argv[4])
+    else:
+        xruns, detail = sys.argv[3], (sys.argv[4] if len(sys.argv) > 4 else "")
     at = onsets(left_channel(path))
     gaps = sorted(b - a for a, b in zip(at, at[1:]))
     if not gaps:
