@@ -21,7 +21,7 @@ pub fn list() -> Result<Value, String> {
     // alsa-lib print to stderr. Catch that on this thread and drop it.
     #[cfg(target_os = "linux")]
     let _quiet = alsa::Output::local_error_handler();
-    let host = cpal::default_host();
+    let host = super::engine::device::host()?;
     let default_in = host.default_input_device().and_then(|d| d.id().ok());
     let default_out = host.default_output_device().and_then(|d| d.id().ok());
     let inputs: Vec<Value> = host

@@ -23,10 +23,22 @@ pub fn label(device: &Device) -> String {
     }
 }
 
+/// The audio host the engine opens devices with. On Linux always ALSA,
+/// which reaches PulseAudio and PipeWire through their plugins: cpal
+/// would pick its own PulseAudio host when a server runs (the feature is
+/// on for `examples/cpal_loop.rs`), but that host does not report the
+/// server's underruns, and the engine counts xruns.
+pub fn host() -> Result<cpal::Host, String> {
+    #[cfg(target_os = "linux")]
+    return cpal::host_from_id(cpal::HostId::Alsa).map_err(|e| format!("ALSA: {e}"));
+    #[cfg(not(target_os = "linux"))]
+    Ok(cpal::default_host())
+}
+
 /// The device `id` (as `meshstudio devices` prints it; a bare ALSA name
 /// also works), or the default one.
 pub fn find(id: Option<&str>, input: bool) -> Result<Device, String> {
-    let host = cpal::default_host();
+    let host = host()?;
     let kind = if input { "input" } else { "output" };
     let Some(id) = id else {
         let device = if input {
