@@ -9,7 +9,7 @@
 //! Prints the xruns each stream reported, and how many of them came after
 //! the first STARTUP (a loop's start may glitch once in any tool). On
 //! cpal's PulseAudio host (its own client of the server, no ALSA plugin)
-//! the loop is ~2.5 ms shorter at the same period, but that host reports
+//! the loop is 2–4.5 ms shorter at the same period, but that host reports
 //! no xruns: the bench counts the server's underruns for every loop.
 
 use std::sync::Arc;
@@ -54,7 +54,7 @@ fn usage() -> ! {
 /// pulse plugin follows and cpal's own PulseAudio client does not).
 fn device(host: &cpal::Host, input: bool) -> cpal::Device {
     let named = std::env::var(if input { "PULSE_SOURCE" } else { "PULSE_SINK" });
-    let device = match named {
+    let device = match &named {
         Ok(name) if host.id() == HostId::PulseAudio => {
             host.device_by_id(&DeviceId::new(HostId::PulseAudio, name))
         }
@@ -62,11 +62,9 @@ fn device(host: &cpal::Host, input: bool) -> cpal::Device {
         _ => host.default_output_device(),
     };
     device.unwrap_or_else(|| {
-        eprintln!(
-            "no {} device on {}",
-            if input { "input" } else { "output" },
-            host.id()
-        );
+        let kind = if input { "input" } else { "output" };
+        let name = named.as_deref().unwrap_or("default");
+        eprintln!("no {kind} device {name:?} on {}", host.id());
         std::process::exit(1)
     })
 }

@@ -25,9 +25,10 @@ pub fn label(device: &Device) -> String {
 
 /// The audio host the engine opens devices with. On Linux always ALSA,
 /// which reaches PulseAudio and PipeWire through their plugins: cpal
-/// would pick its own PulseAudio host when a server runs (the feature is
-/// on for `examples/cpal_loop.rs`), but that host does not report the
-/// server's underruns, and the engine counts xruns.
+/// would pick its own PulseAudio host when a server runs and its feature
+/// is on (it is in builds with dev-dependencies, for
+/// `examples/cpal_loop.rs`), but that host does not report the server's
+/// underruns, and the engine counts xruns.
 pub fn host() -> Result<cpal::Host, String> {
     #[cfg(target_os = "linux")]
     return cpal::host_from_id(cpal::HostId::Alsa).map_err(|e| format!("ALSA: {e}"));
