@@ -180,15 +180,16 @@ fn stems_follow_the_state_and_mix_identically() {
         std::fs::read(&wb).unwrap(),
         "byte-identical mixdowns"
     );
-    // The joiner's first stems came over the join's own connection (a
-    // round trip sooner than over a new one), not through the fallback.
+    // The joiner's first stems came over the join's own connection, sent
+    // unasked with the answer (two round trips sooner than over a new
+    // connection), not asked for or through the fallback.
     let stems = imported["imported"].as_array().unwrap().len();
     let received = || node_log(&b).matches("stem received").count();
     wait_until(CONVERGE_TIMEOUT, "B to log every stem", || {
         received() >= stems
     });
     let log = node_log(&b);
-    assert_eq!(log.matches("via=JoinConnection").count(), stems, "{log}");
+    assert_eq!(log.matches("via=Pushed").count(), stems, "{log}");
     // A stem imported later on B reaches A too.
     b.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Rear_Left.wav")]);
     converged(&a, &b, &p);

@@ -20,6 +20,7 @@ pub mod pacer_slack;
 pub mod peers;
 pub mod policy;
 pub mod proof;
+pub mod push;
 pub mod rate_limit;
 pub mod sync;
 pub mod ticket;

@@ -127,7 +127,7 @@ pub async fn sync_report(hub: &Hub, projects: Vec<ProjectStems>) -> Vec<serde_js
 }
 
 /// Blobs `project` references, as far as they parse, in download order.
-fn wanted(ctx: &mut crate::request::Context, project: &str) -> Vec<(Hash, Tier)> {
+pub fn wanted(ctx: &mut crate::request::Context, project: &str) -> Vec<(Hash, Tier)> {
     ctx.doc(project)
         .map(|p| in_priority(&ProjectView::of(&p).tracks))
         .unwrap_or_default()
@@ -152,10 +152,20 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
     fetch_round(hub, project, peer, None).await;
 }
 
-/// A joiner's first round: the stems come from the inviter over the join's
-/// own connection (`join.rs`), which closes when the round ends; a stem
-/// that fails there is fetched as usual.
-pub async fn fetch_joined(hub: Arc<Hub>, project: String, inviter: EndpointId, conn: Connection) {
+/// A joiner's first round over the join's own connection (`join.rs`),
+/// which closes when the round ends: first the stems the inviter listed
+/// and sends unasked (`push`), each marked as being fetched before the
+/// join returned; then any it did not send, or that failed, are asked for.
+pub async fn fetch_joined(
+    hub: Arc<Hub>,
+    project: String,
+    inviter: EndpointId,
+    conn: Connection,
+    listed: Vec<Hash>,
+) {
+    if super::push::receive(&hub, &conn, inviter, &listed).await > 0 {
+        super::gossip::announce_stems(&hub, &project, false).await;
+    }
     fetch_round(hub, project, inviter, Some(conn.clone())).await;
     conn.close(0u32.into(), b"joined");
 }
@@ -319,7 +329,9 @@ async fn arrived(hub: &Hub, hash: Hash, present: u64, new: u64, provider_cap: Op
 /// How a stem came (logged: the tests check that a joiner's stems use
 /// the join's connection).
 #[derive(Debug, Clone, Copy)]
-enum Via {
+pub enum Via {
+    /// Sent unasked by the inviter right after the join (`push`).
+    Pushed,
     JoinConnection,
     Downloader,
 }
@@ -355,15 +367,28 @@ async fn get_over(
     provider: EndpointId,
     conn: Connection,
 ) -> Result<(), String> {
-    use iroh_blobs::api::remote::GetProgressItem as Item;
     let remote = hub.blobs.remote();
     let here = remote
         .local(hash)
         .await
         .map_err(|e| e.to_string())?
         .local_bytes();
+    follow(hub, hash, provider, here, remote.fetch(conn, hash)).await
+}
+
+/// Follows a transfer of `hash` from `provider` (`here` bytes of it were
+/// here before) to its end: each new chunk counted and held for the
+/// download caps.
+pub async fn follow(
+    hub: &Hub,
+    hash: Hash,
+    provider: EndpointId,
+    here: u64,
+    progress: iroh_blobs::api::remote::GetProgress,
+) -> Result<(), String> {
+    use iroh_blobs::api::remote::GetProgressItem as Item;
     let provider_cap = hub.caps.of(Way::Down, &provider);
-    let mut items = std::pin::pin!(remote.fetch(conn, hash).stream());
+    let mut items = std::pin::pin!(progress.stream());
     // Progress is the payload bytes this request has read so far.
     let mut read = 0;
     while let Some(item) = items.next().await {

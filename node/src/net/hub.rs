@@ -340,8 +340,7 @@ impl Hub {
     /// How the link to `peer` looks now (`policy::seen`), if connected.
     pub fn link_seen(&self, peer: &str) -> Option<&'static str> {
         let live = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let paths = live.get(peer)?.paths();
-        paths.iter().find(|p| p.is_selected()).map(|p| seen_of(&p))
+        seen_on(live.get(peer)?)
     }
 
     pub fn is_connected(&self, peer: &str) -> bool {
@@ -358,7 +357,13 @@ impl Hub {
     }
 }
 
-/// How a connection's path looks: `lan` or `remote` (`policy::seen`).
+/// How `conn`'s selected path looks: `lan` or `remote` (`policy::seen`).
+pub fn seen_on(conn: &Connection) -> Option<&'static str> {
+    let paths = conn.paths();
+    paths.iter().find(|p| p.is_selected()).map(|p| seen_of(&p))
+}
+
+/// How a path looks: `lan` or `remote` (`policy::seen`).
 fn seen_of(path: &iroh::endpoint::Path<'_>) -> &'static str {
     let ip = match path.remote_addr() {
         iroh::TransportAddr::Ip(addr) => Some(addr.ip()),

@@ -4,10 +4,11 @@
 //! project's members and answers with its own proof and the project state.
 //! The joiner checks the inviter's proof before writing anything.
 //!
-//! An admitted joiner then fetches its first stems over this very
-//! connection (iroh-blobs' protocol, judged by the blob gate like any
-//! other request): the first stem byte comes a round trip sooner than over
-//! a new connection, whose handshake could only start once the state had
+//! An admitted joiner gets its first stems over this very connection: sent
+//! unasked right after the answer when it asked for that (`push`), else
+//! fetched with iroh-blobs' protocol, judged by the blob gate like any
+//! other request. Either way the first stem byte comes sooner than over a
+//! new connection, whose handshake could only start once the state had
 //! named the stems.
 
 use std::sync::Arc;
@@ -19,11 +20,14 @@ use serde::{Deserialize, Serialize};
 use super::hub::Hub;
 use super::proof::{self, Purpose};
 use super::ticket::Ticket;
-use super::wire::{MAX_HELLO_BYTES, MAX_SYNC_FRAME_BYTES};
-use super::{JOIN_ALPN, frame};
+use super::wire::{
+    MAX_HELLO_BYTES, MAX_PUSH_LIST_BYTES, MAX_SYNC_FRAME_BYTES, decode_hashes, encode_hashes,
+};
+use super::{JOIN_ALPN, frame, push};
 use crate::project::ProjectDoc;
 use crate::project::doc::add_member;
 use crate::request::{Context, now_ms, project_secret};
+use meshstudio_store::Hash;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct JoinAsk {
@@ -34,6 +38,10 @@ struct JoinAsk {
     /// could ask for it.
     #[serde(default)]
     pace_kbps: Option<u32>,
+    /// Send the stems now, unasked (`push`): the joiner's stems policy lets
+    /// them over any link. Older joiners ask for each.
+    #[serde(default)]
+    send_stems: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,6 +68,8 @@ impl ProtocolHandler for JoinProtocol {
             .map_err(AcceptError::from_err)?
             .and_then(|f| serde_json::from_slice::<JoinAsk>(&f).ok());
         let pace = ask.as_ref().and_then(|a| a.pace_kbps);
+        let send_stems = ask.as_ref().is_some_and(|a| a.send_stems);
+        let project = ask.as_ref().map(|a| a.project.clone()).unwrap_or_default();
         let (answer, state) = match ask {
             Some(ask) => admit(&self.hub, &peer, ask).await,
             None => (refusal("malformed join request"), Vec::new()),
@@ -72,10 +82,23 @@ impl ProtocolHandler for JoinProtocol {
         frame::write(&mut send, &state)
             .await
             .map_err(AcceptError::from_err)?;
+        if answer.ok {
+            // Before any stem goes: the pace applies to the first.
+            self.hub.caps.asked(&peer, pace);
+        }
+        if answer.ok && send_stems {
+            let joiner = conn.remote_id();
+            let stems = push::choose(&self.hub, &project, joiner, &conn).await;
+            let list: Vec<[u8; 32]> = stems.iter().map(|h| *h.as_bytes()).collect();
+            frame::write(&mut send, &encode_hashes(&list))
+                .await
+                .map_err(AcceptError::from_err)?;
+            tokio::spawn(push::send(self.hub.clone(), conn.clone(), joiner, stems));
+        }
         send.finish().map_err(AcceptError::from_err)?;
         if answer.ok {
-            // Before the joiner can ask for a stem: it needs the state first.
-            self.hub.caps.asked(&peer, pace);
+            // Stems it asks for (those not sent, or that failed) come
+            // through the blobs protocol on this connection.
             return self.blobs.accept(conn).await;
         }
         conn.closed().await;
@@ -155,17 +178,26 @@ fn add_and_share(
     Ok(p.full_state())
 }
 
-/// The joiner's side: asks the inviter (for the stems, at most
-/// `pace_kbps`: `Caps::pace_to_ask`), checks its proof, returns the
-/// project state and the open connection (for the first stems; closing it
-/// ends the join). Writes nothing.
+/// What an admitted joiner takes away: the project state, the open
+/// connection (for the first stems; closing it ends the join) and the
+/// stems the inviter is sending on it unasked, in order.
+pub struct Joined {
+    pub state: Vec<u8>,
+    pub conn: Connection,
+    pub sent: Vec<Hash>,
+}
+
+/// The joiner's side: asks the inviter (for the stems at most `pace_kbps`:
+/// `Caps::pace_to_ask`; sent unasked if `send_stems`), checks its proof.
+/// Writes nothing.
 pub async fn ask(
     endpoint: &iroh::Endpoint,
     ticket: &Ticket,
     me: &str,
     our_relay: Option<iroh::RelayUrl>,
     pace_kbps: Option<u32>,
-) -> Result<(Vec<u8>, Connection), String> {
+    send_stems: bool,
+) -> Result<Joined, String> {
     let inviter: iroh::EndpointId = ticket
         .inviter
         .parse()
@@ -186,6 +218,7 @@ pub async fn ask(
         project: ticket.project.clone(),
         proof,
         pace_kbps,
+        send_stems,
     })
     .expect("json");
     frame::write(&mut send, &ask)
@@ -216,5 +249,21 @@ pub async fn ask(
         .await
         .map_err(|e| e.to_string())?;
     let state = state.ok_or("the inviter sent no project state")?;
-    Ok((state, conn))
+    let sent = if send_stems {
+        read_sent(&mut recv).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Joined { state, conn, sent })
+}
+
+/// The list of stems the inviter sends unasked; none from an inviter that
+/// does not (an older one ends the stream after the state).
+async fn read_sent(recv: &mut iroh::endpoint::RecvStream) -> Result<Vec<Hash>, String> {
+    let list = frame::read(recv, MAX_PUSH_LIST_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hashes =
+        decode_hashes(&list.unwrap_or_default()).map_err(|e| format!("the inviter sent {e}"))?;
+    Ok(hashes.into_iter().map(Hash::from).collect())
 }

@@ -120,6 +120,32 @@ pub fn decode_hello(bytes: &[u8]) -> Result<Hello, WireError> {
     serde_json::from_slice(bytes).map_err(|_| WireError::Malformed("hello"))
 }
 
+/// Most stems an inviter sends a joiner unasked (its list is one frame of
+/// 32-byte hashes: 128 KiB at most).
+pub const MAX_PUSHED_STEMS: usize = 4096;
+/// Largest frame of a pushed-stems list.
+pub const MAX_PUSH_LIST_BYTES: usize = MAX_PUSHED_STEMS * 32;
+
+/// The stems an inviter is about to send, in sending order.
+pub fn encode_hashes(hashes: &[[u8; 32]]) -> Vec<u8> {
+    hashes.concat()
+}
+
+pub fn decode_hashes(bytes: &[u8]) -> Result<Vec<[u8; 32]>, WireError> {
+    if bytes.len() > MAX_PUSH_LIST_BYTES || !bytes.len().is_multiple_of(32) {
+        return Err(WireError::Malformed("stem list"));
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 32);
+    for chunk in bytes.chunks_exact(32) {
+        out.push(
+            chunk
+                .try_into()
+                .map_err(|_| WireError::Malformed("stem list"))?,
+        );
+    }
+    Ok(out)
+}
+
 /// Runs `f` (applying a decoded update) inside a panic boundary.
 pub fn guarded_apply(f: impl FnOnce() -> bool) -> Result<(), WireError> {
     match boundary(f) {
@@ -197,6 +223,16 @@ mod tests {
     use super::*;
     use yrs::ReadTxn;
     use yrs::updates::encoder::Encode;
+
+    #[test]
+    fn a_stem_list_round_trips_and_a_bad_one_is_refused() {
+        let hashes = vec![[1u8; 32], [2u8; 32]];
+        assert_eq!(decode_hashes(&encode_hashes(&hashes)).unwrap(), hashes);
+        assert_eq!(decode_hashes(&[]).unwrap(), Vec::<[u8; 32]>::new());
+        assert!(decode_hashes(&[0u8; 33]).is_err(), "not whole hashes");
+        let too_many = vec![0u8; MAX_PUSH_LIST_BYTES + 32];
+        assert!(decode_hashes(&too_many).is_err(), "over the limit");
+    }
 
     #[test]
     fn an_inflated_count_is_refused_before_decoding() {

@@ -46,18 +46,37 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
         hub.caps
             .pace_to_ask(peer_kbps(ctx, Way::Down, &ticket.inviter))
     });
-    let asking = join::ask(&net.endpoint, &ticket, &me, our_relay(&net), pace);
-    let (state, conn) = net
+    // Stems now, unasked, only if the stems policy lets them over any
+    // link: how this one runs (relayed? LAN?) is known once the session
+    // is up, and then that session fetches them.
+    let send_stems = stems_allowed(ctx, &ticket.inviter, Some("remote"));
+    let asking = join::ask(
+        &net.endpoint,
+        &ticket,
+        &me,
+        our_relay(&net),
+        pace,
+        send_stems,
+    );
+    let joined = net
         .runtime
         .block_on(asking)
         .map_err(RequestError::Invalid)?;
-    wire::decode_update(&state)
+    wire::decode_update(&joined.state)
         .map_err(|e| RequestError::Invalid(format!("the inviter sent {e}")))?;
-    store_joined(ctx, &ticket, &state)?;
+    store_joined(ctx, &ticket, &joined.state)?;
     let p = ProjectDoc::load(ctx.store()?, &ticket.project)?;
     if let Some(hub) = net.hub.upgrade() {
         *hub.members.write().unwrap_or_else(|e| e.into_inner()) = member_union(ctx)?;
         let inviter = ticket.inviter.parse().expect("validated with the ticket");
+        // Marked before any sync session can start a round that would
+        // fetch them again; only stems the project uses are taken.
+        let used = fetch::referenced(ctx, &ticket.project);
+        let sent: Vec<_> = joined
+            .sent
+            .into_iter()
+            .filter(|h| used.contains(h) && hub.start_fetch(*h))
+            .collect();
         let _runtime = net.runtime.enter();
         let addr = peers::addr(inviter, &ticket.addrs);
         hub.ensure_dialing(match ticket.relay_url() {
@@ -67,15 +86,14 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
         // The stems start now, from the inviter, over the join's own
         // connection, with the state just joined: no new handshake and no
         // waiting for the sync session's round trips (on a 300 ms link,
-        // about a second). Only if the stems policy lets them
-        // over any link: how this one runs (relayed? LAN?) is known once
-        // the session is up, and then that session fetches them.
-        if stems_allowed(ctx, &ticket.inviter, Some("remote")) {
+        // about a second).
+        if send_stems {
             net.runtime.spawn(fetch::fetch_joined(
                 hub.clone(),
                 ticket.project.clone(),
                 inviter,
-                conn,
+                joined.conn,
+                sent,
             ));
         }
         let secret = ticket.secret_bytes();
