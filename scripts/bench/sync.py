@@ -115,9 +115,17 @@ def make_stems(site, data_dir, mb):
     return project, files, sum(os.path.getsize(f) for f in files)
 
 
-def ours(a, b, a_dir, project, congestion):
-    """Seconds from B's join until every stem is on B."""
-    b_dir = os.path.join(b.work, f"b-{congestion}-{time.monotonic_ns()}")
+def ours(a, b, a_pristine, project, congestion):
+    """Seconds from B's join until every stem is on B. A starts each run
+    from its data as imported: a node that remembers the joiners of earlier
+    runs keeps dialing them, at the address the new joiner has, through
+    the same link."""
+    run_id = f"{congestion}-{time.monotonic_ns()}"
+    a_dir = os.path.join(a.work, f"a-{run_id}")
+    # Not the last run's node.json: start() waits for a new one.
+    shutil.copytree(a_pristine, a_dir, ignore=shutil.ignore_patterns("node.json", "up.log", "logs"))
+    a.start(a_dir, congestion)
+    b_dir = os.path.join(b.work, f"b-{run_id}")
     b.start(b_dir, congestion)
     try:
         ticket = a.cli(a_dir, "invite", project).strip().splitlines()[-1]
@@ -132,8 +140,10 @@ def ours(a, b, a_dir, project, congestion):
         return took
     finally:
         b.stop()
+        a.stop()
         if not os.environ.get("KEEP"):
             shutil.rmtree(b_dir, ignore_errors=True)
+            shutil.rmtree(a_dir, ignore_errors=True)
 
 
 # python's http.server whose listening socket (and so every connection it
@@ -194,12 +204,11 @@ def profile(binary, work, p):
             for f in files:
                 with open(f, "rb") as src:
                     shutil.copyfileobj(src, out)
+        a.stop()
         ideal = total * 8 / (p["kbit"] * 1000)
         print(f"\nprofile {p['name']}: {p['kbit'] / 1000:g} Mbit/s, {2 * p['delay_ms']} ms RTT, "
               f"{p['loss'] * 100:g} % loss; {total} B; ideal {ideal:.1f} s", flush=True)
         for cc in CONTROLLERS:
-            a.stop()
-            a.start(a_dir, cc)
             report(f"ours ({cc})", ideal, [ours(a, b, a_dir, project, cc) for _ in range(RUNS)])
         for cc in TCP:
             report(f"curl tcp {cc}", ideal, [curl(a, b, blob, cc) for _ in range(RUNS)])
