@@ -723,6 +723,25 @@ fn lan_only_keeps_stems_off_an_unmarked_relayed_link() {
 }
 
 #[test]
+fn an_inviter_keeping_stems_off_sends_none_unasked() {
+    // The joiner asks for the stems with its join (its policy lets them
+    // over any link); the inviter's own policy keeps them home: it sends
+    // none, and refuses the request that follows.
+    let a = Studio::with_node();
+    let b = Studio::with_node();
+    a.ok(&["config", "set", "stems-policy", "never"]);
+    let p = new_project(&a, "Kept home");
+    a.ok(&["import", &p, &format!("{ALSA_SOUNDS}/Noise.wav")]);
+    b.ok(&["join", &invite(&a, &p)]);
+    wait_until(CONVERGE_TIMEOUT, "A to refuse B's request", || {
+        node_log(&a).contains("blob request refused")
+    });
+    assert_eq!(a.show(&p), b.show(&p), "the state came");
+    wait_for_missing(&b, 1);
+    assert!(!node_log(&b).contains("via=Pushed"), "{}", node_log(&b));
+}
+
+#[test]
 fn lan_only_keeps_stems_off_a_remote_link_while_state_syncs() {
     let (na, nb) = (Netns::new(), Netns::new());
     link(&na, "10.74.1.1/24", &nb, "10.74.1.2/24");

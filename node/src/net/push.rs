@@ -73,10 +73,12 @@ pub async fn choose(
     out
 }
 
-/// Sends each of `stems` on a stream of its own, one after the other.
+/// Sends each of `stems` on a stream of its own, in order: a stem is
+/// handed to QUIC as soon as the receive window takes it, so several go
+/// at once, and each goes ahead of those after it.
 pub async fn send(hub: Arc<Hub>, conn: Connection, joiner: EndpointId, stems: Vec<Hash>) {
-    for hash in stems {
-        if let Err(e) = send_one(&hub, &conn, joiner, hash).await {
+    for (place, hash) in (0..).zip(stems) {
+        if let Err(e) = send_one(&hub, &conn, joiner, hash, -place).await {
             tracing::info!(%joiner, hash = %hash.fmt_short(), error = %e, "sending a stem unasked failed");
             if conn.close_reason().is_some() {
                 return;
@@ -90,8 +92,10 @@ async fn send_one(
     conn: &Connection,
     joiner: EndpointId,
     hash: Hash,
+    priority: i32,
 ) -> Result<(), String> {
     let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
+    send.set_priority(priority).map_err(|e| e.to_string())?;
     send.write_all(hash.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
