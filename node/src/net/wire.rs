@@ -224,6 +224,16 @@ mod tests {
     use yrs::ReadTxn;
     use yrs::updates::encoder::Encode;
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_make_a_stem_list_or_a_clean_refusal(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            match decode_hashes(&bytes) {
+                Ok(hashes) => proptest::prop_assert_eq!(encode_hashes(&hashes), bytes),
+                Err(_) => proptest::prop_assert!(!bytes.len().is_multiple_of(32)),
+            }
+        }
+    }
+
     #[test]
     fn a_stem_list_round_trips_and_a_bad_one_is_refused() {
         let hashes = vec![[1u8; 32], [2u8; 32]];
