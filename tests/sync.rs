@@ -723,6 +723,26 @@ fn lan_only_keeps_stems_off_an_unmarked_relayed_link() {
 }
 
 #[test]
+fn a_stem_already_here_is_not_taken_again_with_a_join() {
+    // Two projects use the same stem; B, a member of the first, joins the
+    // second: the inviter lists the stem, B stops its stream.
+    let a = Studio::with_node();
+    let b = Studio::with_node();
+    let wav = format!("{ALSA_SOUNDS}/Noise.wav");
+    let (p1, p2) = (new_project(&a, "One"), new_project(&a, "Two"));
+    let one = a.json(&["import", &p1, &wav]);
+    let two = a.json(&["import", &p2, &wav]);
+    assert_eq!(one["imported"][0]["blob"], two["imported"][0]["blob"]);
+    b.ok(&["join", &invite(&a, &p1)]);
+    b.ok(&["sync", &p1, "--wait", "--timeout", "60"]);
+    b.ok(&["join", &invite(&a, &p2)]);
+    b.ok(&["sync", &p2, "--wait", "--timeout", "60"]);
+    let log = node_log(&b);
+    assert_eq!(log.matches("stem received").count(), 1, "{log}");
+    assert_eq!(log.matches("via=Pushed").count(), 1, "{log}");
+}
+
+#[test]
 fn an_inviter_keeping_stems_off_sends_none_unasked() {
     // The joiner asks for the stems with its join (its policy lets them
     // over any link); the inviter's own policy keeps them home: it sends

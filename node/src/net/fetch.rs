@@ -153,17 +153,19 @@ pub async fn fetch_missing(hub: Arc<Hub>, project: String, peer: EndpointId) {
 }
 
 /// A joiner's first round over the join's own connection (`join.rs`),
-/// which closes when the round ends: first the stems the inviter listed
-/// and sends unasked (`push`), each marked as being fetched before the
-/// join returned; then any it did not send, or that failed, are asked for.
+/// which closes when the round ends: first the stems the inviter sends
+/// unasked (`push`: `listed` streams, of which it takes `taken`, each
+/// marked as being fetched before the join returned); then any it did not
+/// send, or that failed, are asked for.
 pub async fn fetch_joined(
     hub: Arc<Hub>,
     project: String,
     inviter: EndpointId,
     conn: Connection,
-    listed: Vec<Hash>,
+    listed: usize,
+    taken: Vec<Hash>,
 ) {
-    if super::push::receive(&hub, &conn, inviter, &listed).await > 0 {
+    if super::push::receive(&hub, &conn, inviter, listed, &taken).await > 0 {
         super::gossip::announce_stems(&hub, &project, false).await;
     }
     fetch_round(hub, project, inviter, Some(conn.clone())).await;

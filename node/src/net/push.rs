@@ -33,8 +33,8 @@ use super::policy::stems_allowed;
 use super::rate_limit::{Pace, Way, peer_kbps};
 use super::wire::MAX_PUSHED_STEMS;
 
-/// Stream error code: the joiner does not want this stem (not listed, or
-/// listed twice).
+/// Stream error code: the joiner does not take this stem (not a stem of
+/// the project it joined, fetched already, or listed twice).
 const NOT_WANTED: u32 = 1;
 /// How long a joiner waits for the next listed stem's stream once the one
 /// before it is in. The inviter opens it as soon as the previous stem is
@@ -114,19 +114,21 @@ async fn send_one(
         .map_err(|e| e.to_string())
 }
 
-/// Takes in the stems the inviter listed (each already marked as being
-/// fetched here) as they come, and ends their marks; returns how many
-/// arrived whole and verified.
+/// Takes in, as they come, the `streams` stems the inviter listed: those
+/// in `taken` (each already marked as being fetched here; their marks
+/// end here), the others stopped. Returns how many arrived whole and
+/// verified.
 pub async fn receive(
     hub: &Arc<Hub>,
     conn: &Connection,
     inviter: EndpointId,
-    listed: &[Hash],
+    streams: usize,
+    taken: &[Hash],
 ) -> usize {
-    let mut left: HashSet<Hash> = listed.iter().copied().collect();
+    let mut left: HashSet<Hash> = taken.iter().copied().collect();
     let mut got = 0;
     // One stream per listed stem, whatever becomes of each.
-    for _ in listed {
+    for _ in 0..streams {
         let next = tokio::time::timeout(NEXT_STEM_WAIT, conn.accept_uni()).await;
         let Ok(Ok(mut recv)) = next else { break };
         let mut hash = [0u8; 32];

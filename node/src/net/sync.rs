@@ -169,7 +169,8 @@ pub async fn dial(hub: Arc<Hub>, addr: EndpointAddr) -> Result<(), SyncError> {
     result
 }
 
-/// The dialer's side of a connection: a session per shared project.
+/// The dialer's side of a connection: a session per shared project, and
+/// those the peer opens on it later (a project one of us joined since).
 async fn run_dialed(hub: &Arc<Hub>, conn: &Connection, peer: &str) -> Result<(), SyncError> {
     let peer = peer.to_string();
     let peer_s = peer.clone();
@@ -177,27 +178,7 @@ async fn run_dialed(hub: &Arc<Hub>, conn: &Connection, peer: &str) -> Result<(),
         hub.with_ctx(move |ctx| shared_projects(ctx, &peer_s)).await;
     let mut sessions = tokio::task::JoinSet::new();
     for (project, secret) in shared {
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| SyncError::Connection(e.to_string()))?;
-        send_hello(hub, &mut send, &secret, &project, &peer).await?;
-        let hello = read_hello(&mut recv).await?;
-        if hello.project != project
-            || !proof::check(
-                &hello.proof,
-                &secret,
-                Purpose::Sync,
-                &project,
-                &peer,
-                &hub.me,
-            )
-        {
-            return Err(SyncError::Refused(
-                "the peer could not prove membership".into(),
-            ));
-        }
-        hub.caps.asked(&peer, hello.pace_kbps);
+        let (send, recv) = open_stream(hub, conn, &peer, &project, &secret).await?;
         sessions.spawn(session(
             hub.clone(),
             project,
@@ -207,12 +188,78 @@ async fn run_dialed(hub: &Arc<Hub>, conn: &Connection, peer: &str) -> Result<(),
             true,
         ));
     }
+    sessions.spawn(accept_streams(hub.clone(), conn.clone(), peer.clone()));
     while let Some(done) = sessions.join_next().await {
         if let Ok(Err(e)) = done {
             tracing::warn!(%peer, error = %e, "sync session ended");
         }
     }
     Ok(())
+}
+
+/// Sessions `peer` opens on `conn`, until it closes.
+async fn accept_streams(hub: Arc<Hub>, conn: Connection, peer: String) -> Result<(), SyncError> {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (hub, peer) = (hub.clone(), peer.clone());
+        tokio::spawn(async move {
+            if let Err(e) = accept_stream(hub, &peer, send, recv).await {
+                tracing::warn!(%peer, error = %e, "sync session ended");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Opens `project`'s stream on `conn`: hellos both ways, the peer's proof
+/// checked.
+async fn open_stream(
+    hub: &Arc<Hub>,
+    conn: &Connection,
+    peer: &str,
+    project: &str,
+    secret: &[u8; 32],
+) -> Result<(SendStream, RecvStream), SyncError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| SyncError::Connection(e.to_string()))?;
+    send_hello(hub, &mut send, secret, project, peer).await?;
+    let hello = read_hello(&mut recv).await?;
+    if hello.project != project
+        || !proof::check(&hello.proof, secret, Purpose::Sync, project, peer, &hub.me)
+    {
+        return Err(SyncError::Refused(
+            "the peer could not prove membership".into(),
+        ));
+    }
+    hub.caps.asked(peer, hello.pace_kbps);
+    Ok((send, recv))
+}
+
+/// Starts `project`'s session with `peer` on the connection already up
+/// between us, if one is: a project joined while connected (the
+/// connection's sessions were opened when it came up).
+pub async fn open_session(hub: Arc<Hub>, peer: String, project: String) {
+    let conn = hub
+        .connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&peer)
+        .cloned();
+    let Some(conn) = conn else {
+        return; // the dialer will open it with the others
+    };
+    let p = project.clone();
+    let secret = hub.with_ctx(move |ctx| project_secret(ctx, &p).ok()).await;
+    let Some(secret) = secret else { return };
+    let opened = open_stream(&hub, &conn, &peer, &project, &secret).await;
+    let result = match opened {
+        Ok((send, recv)) => session(hub, project, peer.clone(), send, recv, true).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(%peer, error = %e, "sync session ended");
+    }
 }
 
 fn apply_and_store(

@@ -9,8 +9,9 @@ use crate::net::hub::member_union;
 use crate::net::policy::stems_allowed;
 use crate::net::rate_limit::{Way, peer_kbps};
 use crate::net::ticket::Ticket;
-use crate::net::{fetch, gossip, join, peers, wire};
+use crate::net::{fetch, gossip, join, peers, sync, wire};
 use crate::project::ProjectDoc;
+use meshstudio_store::Hash;
 
 pub fn invite(ctx: &mut Context, project: &str) -> Result<Value> {
     let net = ctx.net("invite")?;
@@ -70,14 +71,28 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
         *hub.members.write().unwrap_or_else(|e| e.into_inner()) = member_union(ctx)?;
         let inviter = ticket.inviter.parse().expect("validated with the ticket");
         // Marked before any sync session can start a round that would
-        // fetch them again; only stems the project uses are taken.
+        // fetch them again; only stems the project uses and that are not
+        // here already (another project's) are taken.
         let used = fetch::referenced(ctx, &ticket.project);
-        let sent: Vec<_> = joined
+        let listed = joined.sent.len();
+        let here = |h: &Hash| {
+            net.runtime
+                .block_on(hub.blobs.blobs().has(*h))
+                .unwrap_or(false)
+        };
+        let taken: Vec<_> = joined
             .sent
             .into_iter()
-            .filter(|h| used.contains(h) && hub.start_fetch(*h))
+            .filter(|h| used.contains(h) && !here(h) && hub.start_fetch(*h))
             .collect();
         let _runtime = net.runtime.enter();
+        // Already connected (a member of another of its projects): the
+        // connection's sessions were opened when it came up.
+        net.runtime.spawn(sync::open_session(
+            hub.clone(),
+            ticket.inviter.clone(),
+            ticket.project.clone(),
+        ));
         let addr = peers::addr(inviter, &ticket.addrs);
         hub.ensure_dialing(match ticket.relay_url() {
             Some(relay) => addr.with_relay_url(relay),
@@ -93,7 +108,8 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
                 ticket.project.clone(),
                 inviter,
                 joined.conn,
-                sent,
+                listed,
+                taken,
             ));
         }
         let secret = ticket.secret_bytes();
