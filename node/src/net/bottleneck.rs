@@ -700,12 +700,18 @@ mod tests {
         }
     }
 
+    /// A fresh controller driven over `link` for `seconds`.
+    fn driven(link: &mut Link, seconds: usize) -> (Bottleneck, Outcome) {
+        let t0 = Instant::now();
+        let mut c = Bottleneck::new(t0, MTU as u16);
+        let out = link.run(&mut c, t0, seconds);
+        (c, out)
+    }
+
     #[test]
     fn random_loss_leaves_the_link_full() {
         let mut link = profile_a(0.01);
-        let t0 = Instant::now();
-        let mut c = Bottleneck::new(t0, MTU as u16);
-        let out = link.run(&mut c, t0, 20);
+        let (_, out) = driven(&mut link, 20);
         let steady: f64 = out.per_second[5..].iter().sum::<f64>() / 15.0;
         assert!(
             steady > 0.97 * link.rate,
@@ -728,9 +734,7 @@ mod tests {
         // would leave that much more (seen: 200 ms after 120 s on this
         // 150 ms link).
         let mut link = profile_a(0.0);
-        let t0 = Instant::now();
-        let mut c = Bottleneck::new(t0, MTU as u16);
-        let out = link.run(&mut c, t0, 120);
+        let (c, out) = driven(&mut link, 120);
         let packet = Duration::from_secs_f64(MTU as f64 / link.rate);
         let min_rtt = c.min_rtt.get().unwrap();
         assert!(
@@ -744,9 +748,7 @@ mod tests {
     #[test]
     fn start_up_fills_the_link_within_a_few_seconds() {
         let mut link = profile_a(0.0);
-        let t0 = Instant::now();
-        let mut c = Bottleneck::new(t0, MTU as u16);
-        let out = link.run(&mut c, t0, 4);
+        let (c, out) = driven(&mut link, 4);
         assert!(out.per_second[2] > 0.95 * link.rate, "{:?}", out.per_second);
         assert!(matches!(c.phase, Phase::Cruise { .. }), "{:?}", c.phase);
     }
