@@ -166,8 +166,9 @@ async fn receive_one(
     recv: iroh::endpoint::RecvStream,
 ) -> Result<(), String> {
     let pair = iroh_blobs::get::StreamPair::new(conn.stable_id() as u64, recv, Nothing);
-    // The whole blob is coming: nothing of it can be here already (the
-    // joiner lists only stems it is not fetching, of a project it lacked).
+    // The whole blob is coming, so it is read as a whole: the joiner takes
+    // only stems it neither holds nor is fetching (a part that another
+    // project's interrupted fetch left here is simply written again).
     let progress = hub.blobs.remote().execute_get(pair, GetRequest::blob(hash));
     follow(hub, hash, inviter, 0, progress).await?;
     keep_stem(&hub.blobs, hash).await.map_err(|e| e.to_string())
