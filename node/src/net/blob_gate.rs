@@ -17,7 +17,7 @@ use meshstudio_store::Hash;
 
 use super::hub::Hub;
 use super::policy::stems_allowed;
-use super::rate_limit::{Way, peer_kbps};
+use super::rate_limit::{Way, peer_kbps, take_all};
 use crate::project::ProjectView;
 use crate::project::doc::members;
 
@@ -68,9 +68,7 @@ pub fn spawn(hub: Arc<Hub>) -> EventSender {
                     // Held on its own task: other peers' chunks and
                     // requests go on meanwhile.
                     tokio::spawn(async move {
-                        for pace in paces {
-                            pace.take(m.inner.size).await;
-                        }
+                        take_all(&paces, m.inner.size).await;
                         m.tx.send(Ok(())).await.ok();
                     });
                 }

@@ -186,7 +186,7 @@ async fn fetch_round(hub: Arc<Hub>, project: String, peer: EndpointId, via: Opti
     let (mut got, mut heard_done) = (false, false);
     let mut policy = Verdicts::default();
     for (hash, tier) in wanted {
-        if hub.blobs.blobs().has(hash).await.unwrap_or(false) || !hub.start_fetch(hash) {
+        if !claim(&hub, hash).await {
             continue; // here already, or another session is fetching it
         }
         if tier == Tier::Silent && !heard_done {
@@ -239,6 +239,12 @@ async fn fetch_round(hub: Arc<Hub>, project: String, peer: EndpointId, via: Opti
         // Others may fetch them from here now (store-and-forward).
         super::gossip::announce_stems(&hub, &project, false).await;
     }
+}
+
+/// Marks `hash` as being fetched by the caller, unless it is here already
+/// or another round is fetching it.
+pub async fn claim(hub: &Hub, hash: Hash) -> bool {
+    !hub.blobs.blobs().has(hash).await.unwrap_or(false) && hub.start_fetch(hash)
 }
 
 /// Each provider's stems policy, read once per round, not once per stem.

@@ -30,7 +30,7 @@ use meshstudio_store::{Hash, keep_stem};
 use super::fetch::{self, follow};
 use super::hub::{Hub, seen_on};
 use super::policy::stems_allowed;
-use super::rate_limit::{Pace, Way, peer_kbps};
+use super::rate_limit::{Pace, Way, peer_kbps, take_all};
 use super::wire::MAX_PUSHED_STEMS;
 
 /// Stream error code: the joiner does not take this stem (not a stem of
@@ -112,6 +112,20 @@ async fn send_one(
     iroh_blobs::provider::handle_get(pair, hub.blobs.clone(), GetRequest::blob(hash))
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Of the stems the inviter listed (`sent`), those the joiner takes: stems
+/// the joined project uses (`used`) that are not here, each claimed
+/// (`fetch::claim`) before any sync session could start a round that
+/// fetched it again.
+pub async fn take(hub: &Hub, used: &[Hash], sent: Vec<Hash>) -> Vec<Hash> {
+    let mut taken = Vec::new();
+    for hash in sent {
+        if used.contains(&hash) && fetch::claim(hub, hash).await {
+            taken.push(hash);
+        }
+    }
+    taken
 }
 
 /// Takes in, as they come, the `streams` stems the inviter listed: those
@@ -243,9 +257,7 @@ struct Paced {
 
 impl Paced {
     async fn wait(&self, bytes: usize) {
-        for pace in &self.paces {
-            pace.take(bytes as u64).await;
-        }
+        take_all(&self.paces, bytes as u64).await;
     }
 }
 

@@ -104,6 +104,13 @@ impl Pace {
     }
 }
 
+/// Waits until `bytes` may pass every one of `paces`.
+pub async fn take_all(paces: &[Arc<Pace>], bytes: u64) {
+    for pace in paces {
+        pace.take(bytes).await;
+    }
+}
+
 /// Which way a peer's cap holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Way {

@@ -9,9 +9,8 @@ use crate::net::hub::member_union;
 use crate::net::policy::stems_allowed;
 use crate::net::rate_limit::{Way, peer_kbps};
 use crate::net::ticket::Ticket;
-use crate::net::{fetch, gossip, join, peers, sync, wire};
+use crate::net::{fetch, gossip, join, peers, push, sync, wire};
 use crate::project::ProjectDoc;
-use meshstudio_store::Hash;
 
 pub fn invite(ctx: &mut Context, project: &str) -> Result<Value> {
     let net = ctx.net("invite")?;
@@ -70,21 +69,9 @@ pub fn join(ctx: &mut Context, text: &str) -> Result<Value> {
     if let Some(hub) = net.hub.upgrade() {
         *hub.members.write().unwrap_or_else(|e| e.into_inner()) = member_union(ctx)?;
         let inviter = ticket.inviter.parse().expect("validated with the ticket");
-        // Marked before any sync session can start a round that would
-        // fetch them again; only stems the project uses and that are not
-        // here already (another project's) are taken.
         let used = fetch::referenced(ctx, &ticket.project);
         let listed = joined.sent.len();
-        let here = |h: &Hash| {
-            net.runtime
-                .block_on(hub.blobs.blobs().has(*h))
-                .unwrap_or(false)
-        };
-        let taken: Vec<_> = joined
-            .sent
-            .into_iter()
-            .filter(|h| used.contains(h) && !here(h) && hub.start_fetch(*h))
-            .collect();
+        let taken = net.runtime.block_on(push::take(&hub, &used, joined.sent));
         let _runtime = net.runtime.enter();
         // Already connected (a member of another of its projects): the
         // connection's sessions were opened when it came up.
