@@ -69,14 +69,7 @@ impl ProtocolHandler for SyncProtocol {
         let peer = conn.remote_id().to_string();
         tracing::info!(%peer, "sync connection in");
         self.0.connected(&peer, &conn);
-        while let Ok((send, recv)) = conn.accept_bi().await {
-            let (hub, peer) = (self.0.clone(), peer.clone());
-            tokio::spawn(async move {
-                if let Err(e) = accept_stream(hub, &peer, send, recv).await {
-                    tracing::warn!(%peer, error = %e, "sync session ended");
-                }
-            });
-        }
+        let _ = accept_streams(self.0.clone(), conn.clone(), peer.clone()).await;
         self.0.disconnected(&peer, &conn);
         Ok(())
     }
@@ -337,7 +330,7 @@ pub async fn dial_forever(hub: Arc<Hub>, addr: EndpointAddr) {
 }
 
 /// One project's sync on one stream: catch up, then push and pull live.
-/// `dialed`: this side opened the connection.
+/// `dialed`: this side opened the stream.
 async fn session(
     hub: Arc<Hub>,
     project: String,
@@ -348,7 +341,7 @@ async fn session(
 ) -> Result<(), SyncError> {
     let mut changes = hub.changes.subscribe();
     let mut frames = spawn_reader(recv);
-    // A sync partner is a gossip neighbor too. The dialer says so: its
+    // A sync partner is a gossip neighbor too. The opener says so: its
     // gossip connection makes us neighbors on both sides. Both saying so
     // raced into two gossip connections (each dialing before the other's
     // arrived), and the second one's handshake and hole punching took
